@@ -1,0 +1,5 @@
+import sys
+
+from gpmargin.cli import main
+
+sys.exit(main())

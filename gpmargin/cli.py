@@ -1,0 +1,68 @@
+"""The ``gpmargin`` command line.
+
+Each subcommand lives beside the code it drives and registers itself here through a
+``register(subparsers)`` function that adds its parser and sets ``func``:
+
+    gpmargin data info            gpmargin.data.cli
+    gpmargin predict ...          gpmargin.predict.cli
+    gpmargin validate ...         validation.cli
+    gpmargin figure ...           paper_figures.cli
+
+Errors meant for the user (``GpmarginError``, ``ValueError``, missing files) are
+printed as one line, ``error: ...``, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gpmargin import __version__
+from gpmargin.errors import GpmarginError
+
+SUBCOMMAND_MODULES = (
+    "gpmargin.data.cli",
+    "gpmargin.predict.cli",
+    "validation.cli",
+    "paper_figures.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpmargin",
+        description="Predict and measure how normalized margin drives generalization (Farhang et al. 2022).",
+    )
+    parser.add_argument("--version", action="version", version=f"gpmargin {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name or (exc.name and name.startswith(exc.name)):
+                continue  # that part of the toolkit is not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except (GpmarginError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Result files: atomic writes, append-only JSON lines, and run metadata.
+
+Every result file is written to a temporary file in the same folder, flushed,
+fsync'ed and renamed over the target, so a reader never sees half a file even if
+the process is killed.  ``append_jsonl`` writes one whole line with a single
+``write`` on an ``O_APPEND`` descriptor and fsyncs; ``read_jsonl`` ignores a
+trailing partial line (the only damage a kill can leave).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+def _default(o: Any) -> Any:
+    """JSON fallback for numpy / torch scalars and arrays, paths and tuples."""
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    try:
+        import torch
+
+        if isinstance(o, torch.Tensor):
+            return o.detach().cpu().tolist()
+        if isinstance(o, torch.device):
+            return str(o)
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(o, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(o)
+    raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+
+
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    """``json.dumps`` that understands numpy and torch values (NaN is refused)."""
+    return json.dumps(obj, default=_default, indent=indent, allow_nan=False)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    return atomic_write_text(path, to_json(obj) + "\n")
+
+
+def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Save a matplotlib figure atomically (format taken from the suffix of ``path``)."""
+    path = Path(path)
+    kwargs.setdefault("dpi", 150)
+    kwargs.setdefault("bbox_inches", "tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+    return path
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON object as one line, with a single write and an fsync."""
+    line = (to_json(record, indent=None) + "\n").encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read complete JSON lines from ``path``; a torn last line (from a kill) is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that determine the numbers."""
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("gpmargin", "torch", "numpy", "scipy", "gpytorch", "matplotlib"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def device_info(device: Any = None) -> dict[str, Any]:
+    """Describe the compute device: CPU model and thread count, or the CUDA GPU's name."""
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    info: dict[str, Any] = {"device": str(dev), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    if dev.type == "cuda":
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        info["gpu"] = torch.cuda.get_device_name(idx)
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+    return info
+
+
+def run_metadata(device: Any = None, **extra: Any) -> dict[str, Any]:
+    """Versions, device and a UTC timestamp, to be saved next to every result."""
+    meta = {
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "device": device_info(device),
+        "argv": sys.argv,
+    }
+    meta.update(extra)
+    return meta
