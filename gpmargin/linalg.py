@@ -1,0 +1,132 @@
+"""Safe float64 Cholesky factorisation with adaptive, reported jitter.
+
+Kernel matrices of deep NNGP/NTK kernels are positive semi-definite but can be
+numerically singular (exactly duplicated inputs, nearly parallel inputs after many
+layers).  :func:`safe_cholesky` first tries the plain factorisation; only if that
+fails does it add ``jitter * I`` to the diagonal, starting at
+``1e-10 * mean(diag(K))`` and growing by a factor of 10 up to ``max_rel_jitter *
+mean(diag(K))``.  The jitter used is returned, and a non-zero jitter is announced
+with :func:`warnings.warn` so that it never goes unnoticed.
+
+A factorisation "fails" when LAPACK reports a non-positive pivot, or when a pivot
+``L_jj**2`` falls below the round-off floor ``10 * n * eps * mean(diag(K))``: such
+a pivot is noise (e.g. the Schur complement of an exactly duplicated row), and
+solving with it would amplify round-off by ``1 / L_jj``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from gpmargin.errors import GpmarginError
+
+__all__ = ["safe_cholesky", "cholesky_solve", "JitterWarning"]
+
+START_REL_JITTER = 1e-10
+MAX_REL_JITTER = 1e-3
+
+
+class JitterWarning(RuntimeWarning):
+    """Jitter had to be added to a kernel matrix before it could be factorised."""
+
+
+def _as_float64(K) -> torch.Tensor:
+    if not isinstance(K, torch.Tensor):
+        K = torch.as_tensor(K)
+    if K.dtype != torch.float64:
+        K = K.to(torch.float64)
+    return K
+
+
+def _factor_ok(L: torch.Tensor, info: torch.Tensor, floor: float) -> bool:
+    if int(info) != 0:
+        return False
+    d = torch.diagonal(L)
+    if not bool(torch.isfinite(d).all()):
+        return False
+    return bool((d * d).min() > floor)
+
+
+def safe_cholesky(
+    K,
+    *,
+    max_rel_jitter: float = MAX_REL_JITTER,
+    start_rel_jitter: float = START_REL_JITTER,
+    warn: bool = True,
+    name: str = "kernel matrix",
+) -> tuple[torch.Tensor, float]:
+    """Lower Cholesky factor of a symmetric PSD matrix, adding jitter only if needed.
+
+    Parameters
+    ----------
+    K : (n, n) tensor or array
+        Symmetric positive (semi-)definite matrix; converted to float64.
+    max_rel_jitter : float
+        Largest jitter tried, relative to ``mean(diag(K))``; beyond it a
+        :class:`~gpmargin.errors.GpmarginError` is raised.
+    start_rel_jitter : float
+        First jitter tried (relative to ``mean(diag(K))``); each further try is x10.
+    warn : bool
+        Issue a :class:`JitterWarning` when a non-zero jitter was needed.
+    name : str
+        How the matrix is called in messages.
+
+    Returns
+    -------
+    (L, jitter) : (torch.Tensor, float)
+        ``L`` lower triangular with ``L @ L.T == K + jitter * I``; ``jitter`` is the
+        absolute value added to the diagonal (0.0 when the plain factorisation worked).
+    """
+    K = _as_float64(K)
+    if K.ndim != 2 or K.shape[0] != K.shape[1]:
+        raise GpmarginError(f"{name} must be square, got shape {tuple(K.shape)}")
+    n = K.shape[0]
+    if n == 0:
+        raise GpmarginError(f"{name} is empty (no training points)")
+    if not bool(torch.isfinite(K).all()):
+        raise GpmarginError(f"{name} contains NaN or infinite entries; check the inputs and the kernel")
+    diag = torch.diagonal(K)
+    scale = float(diag.mean())
+    if not scale > 0:
+        raise GpmarginError(f"{name} has a non-positive mean diagonal ({scale:g}); it is not a covariance")
+    eps = torch.finfo(torch.float64).eps
+    floor = 10.0 * n * eps * scale
+
+    L, info = torch.linalg.cholesky_ex(K)
+    if _factor_ok(L, info, floor):
+        return L, 0.0
+
+    eye = torch.eye(n, dtype=K.dtype, device=K.device)
+    rel = start_rel_jitter
+    while rel <= max_rel_jitter * (1 + 1e-9):
+        jitter = rel * scale
+        L, info = torch.linalg.cholesky_ex(K + jitter * eye)
+        if _factor_ok(L, info, floor):
+            if warn:
+                warnings.warn(
+                    f"{name} is numerically singular; added jitter {jitter:.3g} "
+                    f"({rel:.0e} x mean diagonal) to factorise it",
+                    JitterWarning,
+                    stacklevel=2,
+                )
+            return L, float(jitter)
+        rel *= 10.0
+    raise GpmarginError(
+        f"{name} ({n}x{n}) is not positive definite even with jitter "
+        f"{max_rel_jitter:.0e} x mean diagonal; check for NaNs, an invalid kernel, or inputs "
+        f"that make it indefinite"
+    )
+
+
+def cholesky_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Solve ``(L L^T) X = B`` for ``X`` given the lower Cholesky factor ``L``.
+
+    ``B`` may be a vector (n,) or a matrix (n, k); the result has the same shape.
+    """
+    vec = B.ndim == 1
+    if vec:
+        B = B[:, None]
+    X = torch.cholesky_solve(B, L, upper=False)
+    return X[:, 0] if vec else X

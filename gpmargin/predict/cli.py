@@ -1,0 +1,309 @@
+"""``gpmargin predict``: predicted test accuracy against margin for a dataset, task and architecture.
+
+Writes ``DIR/curve.csv`` (one row per margin and ensemble size), ``DIR/curve.json``
+(the whole curve, configuration, versions, device, timings per stage, jitter) and
+``DIR/curve.png``.  With no ``--dataset`` it uses scikit-learn's bundled digits
+(whole 1,000-image train and 797-image test split), so it runs anywhere.
+
+Heavy imports (torch, the kernels, matplotlib) happen inside :func:`run`, so that
+``gpmargin --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+DEFAULT_ENSEMBLE = "1,2,4,8,16"
+ARCHS = ("paper-mlp", "paper-cnn")
+
+
+def register(subparsers) -> None:
+    """Add the ``predict`` subcommand."""
+    p = subparsers.add_parser(
+        "predict",
+        help="predict test accuracy against margin with the GP model",
+        description=(
+            "Condition the NNGP (or NTK-GP) on f(train) = alpha * labels and write the predicted test "
+            "accuracy of networks trained to each margin alpha (single networks and ensemble averages)."
+        ),
+    )
+    p.add_argument("--dataset", default=None,
+                   help="digits (default, bundled), mnist, fashion_mnist or cifar10")
+    p.add_argument("--task", default="parity", help="parity (default), pair:A,B (e.g. pair:3,8) or multiclass")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="training examples (default: digits' whole train split, else 1000)")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="test examples (default: every remaining / available test example)")
+    p.add_argument("--arch", default="paper-mlp", choices=ARCHS, help="architecture (default paper-mlp)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="weight layers: paper-mlp weight matrices (default 5); paper-cnn 2 conv + dense "
+                        "layers (>= 3, default 4)")
+    p.add_argument("--constrained", action="store_true", help="use the paper's constrained (normalised) kernel")
+    p.add_argument("--kind", default="nngp", choices=("nngp", "ntk"), help="GP covariance: nngp (default) or ntk")
+    p.add_argument("--margins", default="auto",
+                   help="LO:HI:N (N log-spaced margins), a comma list, or auto (default: chance to limit)")
+    p.add_argument("--ensemble", default=DEFAULT_ENSEMBLE,
+                   help=f"ensemble sizes, comma list (default {DEFAULT_ENSEMBLE})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test subsets (default 0)")
+    p.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"), help="compute device (default auto)")
+    p.add_argument("--threads", default="auto",
+                   help="CPU threads for torch: a number, or auto (default: the cores not busy according to "
+                        "the 1-minute load average, at least 1)")
+    p.add_argument("--data-root", default=None, help="extra folder searched first for dataset files")
+    p.add_argument("--per-example", action="store_true",
+                   help="also save per-test-point probabilities, means and stds in curve.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=run)
+
+
+def parse_margins(spec: str):
+    """``"LO:HI:N"`` -> N log-spaced margins; ``"a,b,c"`` -> list; ``"auto"`` -> None."""
+    from gpmargin.errors import GpmarginError
+
+    s = spec.strip().lower()
+    if s in ("", "auto"):
+        return None
+    bad = GpmarginError(
+        f"--margins {spec!r}: write LO:HI:N (e.g. 1e-3:1e1:41), a comma list (e.g. 0.1,1,10) or auto"
+    )
+    if ":" not in s:
+        try:
+            return [float(v) for v in s.split(",") if v.strip()]
+        except ValueError:
+            raise bad from None
+    try:
+        lo, hi, n = s.split(":")
+        lo, hi, n = float(lo), float(hi), int(n)
+    except ValueError:
+        raise bad from None
+    if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
+        raise GpmarginError(f"--margins {spec}: LO and HI must be finite and > 0")
+    if n < 1:
+        raise GpmarginError(f"--margins {spec}: N must be at least 1")
+    if n == 1:
+        return [lo]
+    step = (math.log10(hi) - math.log10(lo)) / (n - 1)
+    return [10 ** (math.log10(lo) + i * step) for i in range(n)]
+
+
+def parse_ensemble(spec: str) -> tuple[int, ...]:
+    from gpmargin.errors import GpmarginError
+
+    try:
+        vals = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise GpmarginError(f"--ensemble {spec!r}: write positive integers separated by commas, e.g. 1,2,4,8,16") from None
+    if not vals or min(vals) < 1:
+        raise GpmarginError(f"--ensemble {spec!r}: ensemble sizes must be positive integers")
+    return tuple(vals)
+
+
+def _device(name: str):
+    import torch
+
+    from gpmargin.errors import GpmarginError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GpmarginError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
+    return torch.device(name)
+
+
+def _threads(spec: str) -> int:
+    """Torch CPU threads.  ``auto``: cores minus the 1-minute load average (rounded, >= 1).
+
+    With more busy processes than cores, OpenMP parallel regions stall waiting for a
+    descheduled thread (measured here: a depth-5 MLP kernel ran 10-50x slower on 2 threads
+    than on 1 while other jobs used the cores), so fewer threads are faster then.
+    """
+    import os
+
+    import torch
+
+    from gpmargin.errors import GpmarginError
+
+    if spec != "auto":
+        try:
+            n = int(spec)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise GpmarginError(f"--threads {spec!r}: give a positive integer or auto")
+        return n
+    n = torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return n
+    return max(1, min(n, int((os.cpu_count() or n) - load + 0.5)))
+
+
+def _kernel(args):
+    from gpmargin import kernels
+    from gpmargin.errors import GpmarginError
+
+    if args.arch == "paper-mlp":
+        if args.depth < 1:
+            raise GpmarginError(f"--depth must be at least 1 for paper-mlp, got {args.depth}")
+        return kernels.paper_mlp(args.depth, constrained=args.constrained)
+    if args.depth < 3:
+        raise GpmarginError(f"--depth for paper-cnn counts 2 conv layers plus >= 1 dense layer: at least 3, got {args.depth}")
+    return kernels.paper_cnn(dense_layers=args.depth - 2, constrained=args.constrained)
+
+
+def _default_n_train(dataset: str, task: str, root) -> int:
+    """Digits: its whole train split (for pair:A,B, every training image of the two classes)."""
+    if dataset != "digits":
+        return 1000
+    from gpmargin.data import DIGITS_N_TRAIN, load, parse_task
+
+    kind, a, b = parse_task(task)
+    if kind != "pair":
+        return DIGITS_N_TRAIN
+    _, y = load("digits", "train", root=root)
+    return int(((y == a) | (y == b)).sum())
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``gpmargin predict`` (torch's thread count is restored afterwards)."""
+    import torch
+
+    threads_before = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    import warnings
+
+    import torch
+
+    from gpmargin.errors import GpmarginError
+
+    if args.depth is None:
+        args.depth = 5 if args.arch == "paper-mlp" else 4
+    margins = parse_margins(args.margins)
+    ensemble = parse_ensemble(args.ensemble)
+    if margins is not None:
+        from gpmargin.predict.inputs import check_margins
+
+        check_margins(margins)
+    device = _device(args.device)
+    torch.set_num_threads(_threads(args.threads))
+    dataset = (args.dataset or "digits").lower()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        from gpmargin.data import make_task
+
+        n_train = args.n_train if args.n_train is not None else _default_n_train(dataset, args.task, args.data_root)
+        task = make_task(
+            dataset,
+            args.task,
+            n_train=n_train,
+            n_test=args.n_test,
+            seed=args.seed,
+            flatten=args.arch != "paper-cnn",
+            root=args.data_root,
+        )
+        timings["data"] = time.perf_counter() - t0
+        for w in caught:
+            notes.append(str(w.message))
+        caught.clear()
+
+        if args.arch == "paper-cnn" and min(task.x_train.shape[-2:]) < 9:
+            raise GpmarginError(
+                f"paper-cnn has two 5x5 'valid' convolutions and needs images of at least 9x9 pixels; "
+                f"{dataset} images are {task.x_train.shape[-2]}x{task.x_train.shape[-1]}: use --dataset mnist "
+                f"(or fashion_mnist, cifar10) or --arch paper-mlp"
+            )
+        kernel = _kernel(args)
+        from gpmargin.predict.curve import margin_curve
+
+        curve = margin_curve(
+            kernel,
+            task.x_train.to(device),
+            task.y_train.to(device),
+            task.x_test.to(device),
+            task.y_test.to(device),
+            margins,
+            ensemble,
+            kind=args.kind,
+            num_classes=task.num_classes if task.num_classes > 2 else None,
+            progress=not args.no_progress,
+        )
+        for w in caught:
+            notes.append(str(w.message))
+    for msg in notes:
+        print(f"warning: {msg}", file=sys.stderr)
+
+    from gpmargin.predict.curve import margin_at_fraction
+
+    arch = f"{args.arch} depth {args.depth}" + (" constrained" if args.constrained else "")
+    config = {
+        "dataset": dataset,
+        "task": args.task,
+        "n_train": int(task.x_train.shape[0]),
+        "n_test": int(task.x_test.shape[0]),
+        "arch": args.arch,
+        "depth": args.depth,
+        "constrained": bool(args.constrained),
+        "kind": args.kind,
+        "margins": args.margins,
+        "ensemble": list(ensemble),
+        "seed": args.seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    curve.info.update({"data": task.info, "warnings": notes})
+    timings.update(curve.timings)
+
+    from gpmargin.io import atomic_savefig, run_metadata
+    from pathlib import Path
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    csv_path = curve.to_csv(out / "curve.csv")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    title = (f"{dataset} {args.task}, {arch} ({args.kind.upper()}), "
+             f"n_train={config['n_train']}, n_test={config['n_test']}")
+    curve.plot(ax=ax, title=title)
+    png_path = atomic_savefig(fig, out / "curve.png")
+    plt.close(fig)
+    timings["write"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    curve.timings = timings
+    json_path = curve.to_json(
+        out / "curve.json",
+        per_example=args.per_example,
+        config=config,
+        metadata=run_metadata(device),
+    )
+
+    half = margin_at_fraction(curve, 0.5, ensemble=ensemble[0])
+    half_s = f"{half:.4g}" if math.isfinite(half) else "not reached inside the margin range"
+    print(f"{title}")
+    print(f"  limit accuracy (alpha -> inf, kernel interpolator): {curve.limit_accuracy:.4f}   chance: {curve.chance:.3g}")
+    print(f"  margin at half-way from chance to limit (ensemble {ensemble[0]}): {half_s}")
+    print(f"  accuracy at largest margin {curve.margins[-1]:.3g}: "
+          + ", ".join(f"k={k}: {curve.accuracy[j, -1]:.4f}" for j, k in enumerate(ensemble)))
+    if curve.jitter:
+        print(f"  jitter added to the training kernel: {curve.jitter:.3g}")
+    print(f"  wrote {csv_path.name}, {json_path.name}, {png_path.name} in {out}/  ({timings['total']:.1f} s)")
+    return 0
