@@ -1,0 +1,42 @@
+"""NNGP and NTK kernels of infinitely wide networks, as composable layers (stax-style).
+
+Every kernel object ``k`` (a layer, or ``serial(...)`` of layers) is called as
+``k(x1, x2=None, get="nngp")`` with ``get`` in ``"nngp"``, ``"ntk"`` or ``("nngp", "ntk")``,
+and ``k.diag(x, get=...)`` gives the diagonal without forming the matrix.  Inputs are numpy
+arrays or torch tensors, ``(N, d)`` or ``(N, C, H, W)``; outputs are float64 torch tensors on
+the input's device.  Conventions (fan-in scaling, NTK parameterisation, ``Conv``/``Flatten``)
+are neural-tangents', so values agree with it to rounding.
+
+Layers: :class:`Dense`, :class:`Conv2d`, :class:`Flatten`, :class:`GlobalAvgPool`,
+:class:`Relu`, :class:`LeakyRelu`, :class:`ABRelu`, :class:`Erf`, :class:`Identity`, and the
+constraint transform :class:`Centred` (Nero-constrained rows, see ``constrained``).
+Presets: :func:`paper_mlp`, :func:`paper_cnn`.  Adapters: ``gpmargin.kernels.gpytorch``
+(GPyTorch kernels) and ``gpmargin.kernels.nt`` (wrap a neural-tangents ``kernel_fn``).
+"""
+
+from gpmargin.kernels.activations import ABRelu, Erf, Identity, LeakyRelu, Relu
+from gpmargin.kernels.base import Layer
+from gpmargin.kernels.constrained import Centred
+from gpmargin.kernels.conv import Conv2d
+from gpmargin.kernels.dense import Dense
+from gpmargin.kernels.pooling import Flatten, GlobalAvgPool
+from gpmargin.kernels.presets import paper_cnn, paper_mlp
+from gpmargin.kernels.serial import Serial, serial
+
+__all__ = [
+    "ABRelu",
+    "Centred",
+    "Conv2d",
+    "Dense",
+    "Erf",
+    "Flatten",
+    "GlobalAvgPool",
+    "Identity",
+    "Layer",
+    "LeakyRelu",
+    "Relu",
+    "Serial",
+    "paper_cnn",
+    "paper_mlp",
+    "serial",
+]

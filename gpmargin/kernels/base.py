@@ -1,0 +1,114 @@
+"""Layer interface shared by every kernel layer, and input validation.
+
+A layer maps the :class:`~gpmargin.kernels.state.KernelState` of its input (NNGP, NTK and the
+per-example statistics it needs) to the state of its output, in the infinite-width limit and in
+neural-tangents' NTK parameterisation.  Layers are combined with :func:`gpmargin.kernels.serial`;
+every layer is itself a kernel object (``Dense()(x)`` is the kernel of one dense layer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gpmargin.errors import GpmarginError
+from gpmargin.kernels.state import KernelState, Spec
+
+GETS = ("nngp", "ntk")
+
+
+def parse_get(get) -> tuple[bool, bool, bool]:
+    """Return (want_nngp, want_ntk, as_tuple) for ``get`` in "nngp", "ntk" or ("nngp", "ntk")."""
+    if isinstance(get, str):
+        if get not in GETS:
+            raise GpmarginError(f"get={get!r} is not supported; use 'nngp', 'ntk' or ('nngp', 'ntk')")
+        return get == "nngp", get == "ntk", False
+    get = tuple(get)
+    if get != GETS:
+        raise GpmarginError(f"get={get!r} is not supported; use 'nngp', 'ntk' or ('nngp', 'ntk')")
+    return True, True, True
+
+
+def as_input(x, name: str, device=None) -> torch.Tensor:
+    """Validate one input array and return it as a float64 torch tensor.
+
+    Accepts numpy arrays and torch tensors of a floating dtype, shape (N, d) or (N, C, H, W),
+    non-empty and finite; anything else raises :class:`GpmarginError`.
+    """
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.floating):
+            raise GpmarginError(
+                f"{name} has dtype {x.dtype}; kernels need floating-point inputs (convert with x.astype(float))"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise GpmarginError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise GpmarginError(f"{name} has dtype {x.dtype}; kernels need floating-point inputs (convert with x.double())")
+    if x.dim() not in (2, 4):
+        raise GpmarginError(
+            f"{name} has shape {tuple(x.shape)}; expected (N, d) for dense networks or (N, C, H, W) for convolutional ones"
+        )
+    if x.numel() == 0:
+        raise GpmarginError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one example with at least one feature")
+    x = x.detach()
+    if device is not None:
+        x = x.to(device)
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise GpmarginError(f"{name} contains {bad} NaN or infinite value(s); clean the inputs first")
+    return x
+
+
+def input_spec(x: torch.Tensor) -> Spec:
+    if x.dim() == 2:
+        return Spec("vector", (x.shape[1],))
+    return Spec("image", tuple(x.shape[1:]))
+
+
+class Layer:
+    """One layer of a kernel network (see the module docstring).
+
+    Subclasses implement ``out_spec`` (shape checking), ``apply`` (the kernel map, in place
+    where possible) and ``out_mean`` (mean over units of the output features, used by
+    ``Centred``), and may set ``needs_full_spatial`` (reads pairs of distinct positions) or
+    ``supports_ntk = False``.
+    """
+
+    needs_full_spatial = False
+    supports_ntk = True
+
+    # -- interface -------------------------------------------------------------------
+    def out_spec(self, spec: Spec) -> Spec:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, st: KernelState) -> KernelState:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def out_mean(self, mean: torch.Tensor | None, var: torch.Tensor, spec: Spec) -> torch.Tensor | None:
+        """Mean over units of the output features, given the input's mean, variance and spec."""
+        return mean
+
+    def precompute(self, var: torch.Tensor, mean: torch.Tensor | None) -> dict | None:
+        """Per-example quantities derived from the input statistics, computed once per call
+        (tensors with examples along dim 0, or plain numbers); passed back as ``st.aux1/aux2``."""
+        return None
+
+    def fail(self, spec: Spec, why: str) -> GpmarginError:
+        return GpmarginError(f"{self!r} cannot take input of shape {spec.describe()}: {why}")
+
+    # -- every layer is a kernel object ------------------------------------------------
+    def __call__(self, x1, x2=None, get="nngp", **kwargs):
+        from gpmargin.kernels.serial import serial
+
+        return serial(self)(x1, x2, get=get, **kwargs)
+
+    def diag(self, x, get="nngp", **kwargs):
+        from gpmargin.kernels.serial import serial
+
+        return serial(self).diag(x, get=get, **kwargs)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"

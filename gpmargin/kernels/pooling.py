@@ -1,0 +1,72 @@
+"""Readouts from images to feature vectors: ``Flatten`` and ``GlobalAvgPool``."""
+
+from __future__ import annotations
+
+from gpmargin.kernels.base import Layer
+from gpmargin.kernels.state import KernelState, Spec
+
+
+def _trailing_mean(t, ndim):
+    return t.mean(dim=tuple(range(t.dim() - ndim, t.dim())))
+
+
+class Flatten(Layer):
+    r"""Reshape ``(C, H, W)`` features to a vector (neural-tangents' ``stax.Flatten``).
+
+    A following dense layer has fan-in ``C H W``, so the kernel is the average over positions
+    of the same-position covariance: :math:`\Sigma_{out} = \frac{1}{HW}\sum_p \Sigma_{p,p}`
+    (likewise for the NTK).  On vectors it is the identity.
+    """
+
+    def out_spec(self, spec: Spec) -> Spec:
+        if spec.kind == "vector":
+            return spec
+        c, h, w = spec.shape
+        return Spec("vector", (None if c is None else c * h * w,))
+
+    def _reduce(self, t, layout):
+        if layout == "diag":
+            return _trailing_mean(t, 2)
+        lead = t.shape[:-4]
+        h, w = t.shape[-2:]
+        return t.reshape(*lead, h * w, h * w).diagonal(dim1=-2, dim2=-1).mean(-1)
+
+    def apply(self, st: KernelState) -> KernelState:
+        if st.layout == "vector":
+            return st
+        st.nngp = self._reduce(st.nngp, st.layout)
+        if st.ntk is not None:
+            st.ntk = self._reduce(st.ntk, st.layout)
+        st.layout = "vector"
+        return st
+
+    def out_mean(self, mean, var, spec):
+        if mean is None or mean.dim() == 1:
+            return mean
+        return _trailing_mean(mean, 2)
+
+
+class GlobalAvgPool(Layer):
+    r"""Average each channel over positions (neural-tangents' ``stax.GlobalAvgPool``).
+
+    :math:`\Sigma_{out} = \frac{1}{(HW)^2}\sum_{p,p'} \Sigma_{p,p'}` (likewise for the NTK); it
+    reads pairs of distinct positions, so networks containing it keep the full
+    position-position covariance (memory ``(HW)^2`` per pair of examples).
+    """
+
+    needs_full_spatial = True
+
+    def out_spec(self, spec: Spec) -> Spec:
+        if spec.kind != "image":
+            raise self.fail(spec, "global average pooling needs images of shape (N, C, H, W)")
+        return Spec("vector", (spec.shape[0],))
+
+    def apply(self, st: KernelState) -> KernelState:
+        st.nngp = _trailing_mean(st.nngp, 4)
+        if st.ntk is not None:
+            st.ntk = _trailing_mean(st.ntk, 4)
+        st.layout = "vector"
+        return st
+
+    def out_mean(self, mean, var, spec):
+        return None if mean is None else _trailing_mean(mean, 2)

@@ -1,0 +1,108 @@
+"""The kernel state passed from layer to layer, and the shape description used to check a network.
+
+Three spatial layouts are used (``S`` below is the spatial part of a tensor's shape):
+
+``"vector"``  features without positions (MLP inputs, anything after ``Flatten``): ``S = ()``.
+``"diag"``    images, keeping only same-position pairs ``K[p, p]``: ``S = (H, W)``.  Enough
+              whenever the network is read out through ``Flatten`` (convolutions map the
+              diagonal onto itself, and activations only need same-position variances).
+``"full"``    images, all pairs of positions ``K[p, p']``: ``S = (H, W, H, W)``; needed when a
+              ``GlobalAvgPool`` reads out the off-diagonal pairs.
+
+A *pair* state holds the kernel between two sets of inputs, batch shape ``(N1, N2)``; a *self*
+state holds each input against itself, batch shape ``(N,)`` (used for ``diag`` and for the
+per-example variances that the activations need).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+LAYOUTS = ("vector", "diag", "full")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Shape of a layer's input/output for one example, used to validate a composition.
+
+    ``kind`` is ``"vector"`` or ``"image"``; ``shape`` is ``(d,)`` or ``(C, H, W)`` where an
+    entry is ``None`` once it is an infinite width (hidden layers).
+    """
+
+    kind: str
+    shape: tuple
+    row_dof: int | None = None
+
+    # ``row_dof = k`` marks pre-activations made by zero-mean unit-norm rows of finite fan-in
+    # ``k + 1`` (first layer of a constrained network): projections of a uniform unit vector
+    # of a k-dimensional subspace, not Gaussians (see ``constrained``).
+
+    def describe(self) -> str:
+        dims = ", ".join("inf" if s is None else str(s) for s in self.shape)
+        return f"{self.kind} ({dims})"
+
+
+@dataclass
+class KernelState:
+    """Covariances of one layer's outputs (per unit, infinite width).
+
+    nngp, ntk : tensors of shape ``(*batch, *S)``; ``ntk`` is ``None`` when not requested.
+    var1, var2: per-example variances at each position, shape ``(N1, *Sd)`` / ``(N2, *Sd)``
+                with ``Sd = ()`` or ``(H, W)`` (same-position self-covariance).
+    mean1, mean2: per-example mean over units of the current features (same shape as the
+                variances), or ``None`` when unknown; used by ``Centred``.
+    layout    : one of ``LAYOUTS``.
+    pair      : True for batch ``(N1, N2)``, False for a self state with batch ``(N,)``.
+    spec      : shape of one example's features entering the current layer (set by the driver).
+    aux1, aux2: per-example quantities a layer precomputed once from the statistics
+                (``Layer.precompute``), restricted to the current rows / columns.
+    self_pairs: for a pair state of an input set against itself, the (row, column) indices of the
+                entries pairing an example with itself (their correlation is exactly 1).
+    """
+
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+    var1: torch.Tensor
+    var2: torch.Tensor
+    mean1: torch.Tensor | None
+    mean2: torch.Tensor | None
+    layout: str
+    pair: bool
+    spec: Spec | None = None
+    self_pairs: tuple | None = None
+    aux1: dict | None = None
+    aux2: dict | None = None
+
+    # -- broadcasting of per-example statistics onto the layout of ``nngp`` ---------------
+    def bcast1(self, a: torch.Tensor) -> torch.Tensor:
+        """Statistic of the first member of each pair, broadcastable to ``nngp``."""
+        if self.layout == "vector":
+            return a[:, None] if self.pair else a
+        if self.layout == "diag":
+            return a[:, None] if self.pair else a
+        a = a[:, :, :, None, None]
+        return a[:, None] if self.pair else a
+
+    def bcast2(self, a: torch.Tensor) -> torch.Tensor:
+        """Statistic of the second member of each pair, broadcastable to ``nngp``."""
+        if self.layout == "vector":
+            return a[None, :] if self.pair else a
+        if self.layout == "diag":
+            return a[None, :] if self.pair else a
+        a = a[:, None, None, :, :]
+        return a[None, :] if self.pair else a
+
+    @property
+    def is_exact_diagonal(self) -> bool:
+        """True when every entry of ``nngp`` is an input paired with itself at the same position."""
+        return not self.pair and self.layout != "full"
+
+
+def spatial_diagonal(nngp: torch.Tensor, layout: str) -> torch.Tensor:
+    """Same-position entries of a *self* state: ``(N, *S) -> (N, *Sd)``."""
+    if layout != "full":
+        return nngp
+    n, h, w = nngp.shape[:3]
+    return nngp.reshape(n, h * w, h * w).diagonal(dim1=-2, dim2=-1).reshape(n, h, w)
