@@ -1,0 +1,54 @@
+"""``gpmargin validate EXPERIMENT --scale quick|paper --out DIR [--device ...] [--seed N]``.
+
+Runs (or resumes) the experiment's sweep into ``DIR/runs.jsonl``, then compares the measured
+accuracies with the NNGP predictions (``DIR/comparison.{csv,png,json}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from validation.experiments import EXPERIMENTS, SCALES
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "validate",
+        help="train networks at controlled margins and compare with the GP prediction",
+        description="Train ensembles of networks at controlled margins (Nero, loss ||f(X) - alpha Y||), "
+                    "measure them, and compare their test accuracy with NNGP predictions. "
+                    "Resumable: rerun with the same --out to finish an interrupted sweep.")
+    p.add_argument("experiment", help=f"experiment name ({', '.join(sorted(EXPERIMENTS))})")
+    p.add_argument("--scale", default="quick", help=f"one of {', '.join(SCALES)} (default quick)")
+    p.add_argument("--out", required=True, help="output folder (created; reused to resume)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=None,
+                   help="first network seed (seeds N, N+1, ...; member j of seed s uses 1000*s+j)")
+    p.add_argument("--no-compare", action="store_true", help="only run the sweep")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from validation.compare import compare
+    from validation.experiments import get_experiment
+    from validation.sweep import load_task, records_complete, resolve_device, run_sweep
+
+    config = get_experiment(args.experiment, args.scale)
+    if args.seed is not None:
+        if args.seed < 0:
+            raise ValueError(f"--seed must be non-negative, got {args.seed}")
+        config = config.with_seed(args.seed)
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    task = load_task(config)
+    records = run_sweep(config, args.out, device, progress=not args.no_progress, task=task)
+    print(f"sweep: {len(records)} unit(s) in {args.out}/runs.jsonl ({time.perf_counter() - t0:.1f} s this run)")
+    if not records_complete(config, records):
+        raise ValueError("sweep incomplete; rerun the same command to resume")
+    if not args.no_compare:
+        compare(config, args.out, records, task=task, device=device)
+        print(f"comparison written to {args.out}/comparison.csv, .png, .json")
+    return 0
