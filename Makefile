@@ -28,6 +28,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/kernels.py
+	$(BIN)/python benchmarks/predict.py
+	$(BIN)/python benchmarks/ensemble.py
 
 clean:
 	rm -rf $(VENV) results

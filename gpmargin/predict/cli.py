@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--depth", type=int, default=None,
                    help="weight layers: paper-mlp weight matrices (default 5); paper-cnn 2 conv + dense "
                         "layers (>= 3, default 4)")
-    p.add_argument("--constrained", action="store_true", help="use the paper's constrained (normalised) kernel")
+    p.add_argument("--constrained", action="store_true", help="use the exact kernel of Nero-constrained networks (zero-mean, unit-norm weight rows) "
+                        "instead of the paper's Gaussian kernel")
     p.add_argument("--kind", default="nngp", choices=("nngp", "ntk"), help="GP covariance: nngp (default) or ntk")
     p.add_argument("--margins", default="auto",
                    help="LO:HI:N (N log-spaced margins), a comma list, or auto (default: chance to limit)")
