@@ -1,0 +1,183 @@
+"""The shared figure runner: output folder, resumable units, result files.
+
+Output folder layout (one figure at one scale per folder)::
+
+    DIR/config.json   figure, scale, settings and their hash (atomic write)
+    DIR/runs.jsonl    one line per finished unit of work (append_jsonl)
+    DIR/.lock         held (flock) while a figure runs in DIR
+    DIR/figN.png      the figure
+    DIR/figN.json     every number behind the plot, the claims, the config, run metadata, wall time
+
+A unit is any expensive, deterministic piece of a figure (training one group of networks, one
+GP prediction).  :meth:`Context.unit` returns the stored result when ``DIR/runs.jsonl`` already
+holds the unit's key, and otherwise computes it and appends it.  A rerun of a finished folder
+therefore trains nothing; a run killed at any moment resumes from the last finished unit.  A
+folder holding another figure, scale or setting is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from gpmargin.errors import GpmarginError
+from gpmargin.io import append_jsonl, atomic_savefig, atomic_write_json, atomic_write_text, read_jsonl, run_metadata, to_json
+from paper_figures import SCALES, get_figure
+
+
+def config_hash(figure: str, cfg: dict) -> str:
+    """SHA-256 (16 hex digits) of the canonical JSON of the figure name and its settings."""
+    text = json.dumps({"figure": figure, "config": json.loads(to_json(cfg))}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_device(name: str = "auto"):
+    """``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N`` as a torch.device (validation's rule)."""
+    from validation.sweep import resolve_device as _resolve
+
+    return _resolve(name)
+
+
+class Context:
+    """What a figure's ``run`` gets: the device, the output folder and the unit cache."""
+
+    def __init__(self, figure: str, out: Path, device, chash: str, progress: bool = False):
+        self.figure, self.out, self.device, self.hash = figure, out, device, chash
+        self.runs = out / "runs.jsonl"
+        self.progress = progress
+        self.done = {r["key"]: r for r in read_jsonl(self.runs) if r.get("config_hash") == chash}
+        self.units_run: list[str] = []
+        self.units_reused: list[str] = []
+        self.compute_s = 0.0
+
+    def unit(self, key: str, fn: Callable[[], dict]) -> dict:
+        """The result of unit ``key``: stored in ``runs.jsonl`` if finished before, else ``fn()``."""
+        if key in self.done:
+            self.units_reused.append(key)
+            rec = self.done[key]
+            self.compute_s += float(rec.get("wall_s", 0.0))
+            return rec["result"]
+        if self.progress:
+            print(f"{self.figure}: {key} ...", flush=True)
+        t0 = time.perf_counter()
+        result = json.loads(to_json(fn(), indent=None))  # the same JSON form as a reused unit
+        wall = time.perf_counter() - t0
+        rec = {"figure": self.figure, "config_hash": self.hash, "key": key, "wall_s": wall, "result": result}
+        append_jsonl(self.runs, rec)
+        self.done[key] = rec
+        self.units_run.append(key)
+        self.compute_s += wall
+        if self.progress:
+            print(f"{self.figure}: {key} done in {wall:.1f} s", flush=True)
+        return result
+
+
+def _repair_jsonl(path: Path) -> int:
+    """Cut a torn last line (left by a kill) so that the next append starts on a fresh line."""
+    if not path.exists():
+        return 0
+    raw = path.read_bytes()
+    if not raw or raw.endswith(b"\n"):
+        return 0
+    keep = raw[: raw.rfind(b"\n") + 1]
+    atomic_write_text(path, keep.decode())
+    return 1
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise GpmarginError(f"another figure run is using {out}; wait for it or use another --out") from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+def prepare_output(figure: str, scale: str, cfg: dict, out: str | os.PathLike, device=None) -> tuple[Path, str]:
+    """Create ``out`` with ``config.json`` or check that it holds this figure's settings."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GpmarginError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    h = config_hash(figure, cfg)
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        try:
+            old = json.loads(cfg_path.read_text())
+            old_hash = old["config_hash"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise GpmarginError(f"{cfg_path} is not a gpmargin figure config; use an empty --out folder") from exc
+        if old_hash != h:
+            raise GpmarginError(f"{out} holds results of {old.get('figure')}/{old.get('scale')} with other settings "
+                                f"(hash {old_hash}, this run {h}); use another --out folder")
+    else:
+        runs = out / "runs.jsonl"
+        if runs.exists() and runs.stat().st_size > 0:
+            raise GpmarginError(f"{out} holds a runs.jsonl without config.json; use an empty --out folder")
+        atomic_write_json(cfg_path, {"figure": figure, "scale": scale, "config": cfg, "config_hash": h,
+                                     "metadata": run_metadata(device)})
+    foreign = {r.get("config_hash") for r in read_jsonl(out / "runs.jsonl")} - {h}
+    if foreign:
+        raise GpmarginError(f"{out}/runs.jsonl holds results of other settings (hashes {sorted(foreign)}); "
+                            "use another --out folder")
+    return out, h
+
+
+def run_figure(name: str, scale: str, out: str | os.PathLike, device: str = "auto", dataset: str | None = None,
+               progress: bool = False) -> dict[str, Any]:
+    """Run (or resume) figure ``name`` at ``scale`` into ``out``; returns the saved JSON payload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mod = get_figure(name)
+    if scale not in SCALES:
+        raise GpmarginError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+    cfg = mod.config(scale, dataset)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    out, h = prepare_output(mod.NAME, scale, cfg, out, dev)
+    with _locked(out):
+        if _repair_jsonl(out / "runs.jsonl"):
+            print(f"note: removed an incomplete line from {out / 'runs.jsonl'} left by an interrupted run")
+        ctx = Context(mod.NAME, out, dev, h, progress)
+        with warnings.catch_warnings():
+            # data substitutions (carved splits) are recorded in the JSON, not repeated on stderr per task
+            from gpmargin.data import DataSubstitutionWarning
+
+            warnings.simplefilter("ignore", DataSubstitutionWarning)
+            results = mod.run(cfg, ctx)
+        claims = mod.claims(cfg, results)
+        fig = mod.plot(cfg, results)
+        payload = {
+            "figure": mod.NAME,
+            "title": mod.TITLE,
+            "claim": mod.CLAIM,
+            "scale": scale,
+            "config": cfg,
+            "config_hash": h,
+            "claims": claims,
+            "results": results,
+            "units": {"run": ctx.units_run, "reused": ctx.units_reused},
+            "compute_s": ctx.compute_s,
+            "wall_s": time.perf_counter() - t0,
+            "metadata": run_metadata(dev),
+        }
+        png = atomic_savefig(fig, out / f"{mod.NAME}.png")
+        plt.close(fig)
+        payload["wall_s"] = time.perf_counter() - t0
+        atomic_write_json(out / f"{mod.NAME}.json", payload)
+    payload["png"] = str(png)
+    return payload
