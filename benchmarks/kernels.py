@@ -32,7 +32,6 @@ if "GPMARGIN_DATA" not in os.environ and (REPO.parent / "shared" / "data").is_di
 
 
 def _inputs(n: int):
-    import torch
 
     from gpmargin.data import load
 

@@ -129,6 +129,83 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
+def repair_jsonl(path: str | os.PathLike) -> int:
+    """Cut a torn last line (left by a kill) and drop unparseable lines, atomically.
+
+    Run before appending to a file that a killed process may have left behind, so a torn
+    line can never be glued to the next record.  Returns how many lines were dropped.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    raw = path.read_bytes()
+    if not raw:
+        return 0
+    lines = raw.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline, else a torn line
+    dropped = 1 if tail else 0
+    keep = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+            keep.append(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            dropped += 1
+    if dropped:
+        atomic_write_text(path, b"".join(line + b"\n" for line in keep).decode())
+    return dropped
+
+
+@contextlib.contextmanager
+def locked_folder(out: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``out/.lock``; a second holder gets a one-line error."""
+    import fcntl
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            from gpmargin.errors import GpmarginError
+
+            raise GpmarginError(f"another {what} is using {out}; wait for it or use another --out") from exc
+        yield out
+    finally:
+        os.close(fd)
+
+
+def resolve_device(name: Any = "auto"):
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``.
+
+    A device that is not there raises a one-line :class:`~gpmargin.errors.GpmarginError`.
+    """
+    import torch
+
+    from gpmargin.errors import GpmarginError
+
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise GpmarginError(f"unknown device {name!r}: use auto, cpu or cuda") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GpmarginError(f"device {name!r} requested but CUDA is not available on this machine; "
+                                "use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GpmarginError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) present")
+    elif dev.type != "cpu":
+        raise GpmarginError(f"unsupported device {name!r}: use auto, cpu or cuda")
+    return dev
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and of the packages that determine the numbers."""
     import importlib.metadata as md

@@ -6,7 +6,6 @@ Fig 3; ``quick``: 150 clean + 300 attack images, width 256, 800 steps decayed by
 
 from __future__ import annotations
 
-import numpy as np
 
 from paper_figures import attack as A, common as C
 

@@ -17,18 +17,26 @@ folder holding another figure, scale or setting is refused.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from gpmargin.errors import GpmarginError
-from gpmargin.io import append_jsonl, atomic_savefig, atomic_write_json, atomic_write_text, read_jsonl, run_metadata, to_json
+from gpmargin.io import (
+    append_jsonl,
+    atomic_savefig,
+    atomic_write_json,
+    locked_folder,
+    read_jsonl,
+    repair_jsonl,
+    resolve_device,
+    run_metadata,
+    to_json,
+)
 from paper_figures import SCALES, get_figure
 
 
@@ -36,13 +44,6 @@ def config_hash(figure: str, cfg: dict) -> str:
     """SHA-256 (16 hex digits) of the canonical JSON of the figure name and its settings."""
     text = json.dumps({"figure": figure, "config": json.loads(to_json(cfg))}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def resolve_device(name: str = "auto"):
-    """``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N`` as a torch.device (validation's rule)."""
-    from validation.sweep import resolve_device as _resolve
-
-    return _resolve(name)
 
 
 class Context:
@@ -77,31 +78,6 @@ class Context:
         if self.progress:
             print(f"{self.figure}: {key} done in {wall:.1f} s", flush=True)
         return result
-
-
-def _repair_jsonl(path: Path) -> int:
-    """Cut a torn last line (left by a kill) so that the next append starts on a fresh line."""
-    if not path.exists():
-        return 0
-    raw = path.read_bytes()
-    if not raw or raw.endswith(b"\n"):
-        return 0
-    keep = raw[: raw.rfind(b"\n") + 1]
-    atomic_write_text(path, keep.decode())
-    return 1
-
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise GpmarginError(f"another figure run is using {out}; wait for it or use another --out") from exc
-        yield
-    finally:
-        os.close(fd)
 
 
 def prepare_output(figure: str, scale: str, cfg: dict, out: str | os.PathLike, device=None) -> tuple[Path, str]:
@@ -149,8 +125,8 @@ def run_figure(name: str, scale: str, out: str | os.PathLike, device: str = "aut
     dev = resolve_device(device)
     t0 = time.perf_counter()
     out, h = prepare_output(mod.NAME, scale, cfg, out, dev)
-    with _locked(out):
-        if _repair_jsonl(out / "runs.jsonl"):
+    with locked_folder(out, "figure run"):
+        if repair_jsonl(out / "runs.jsonl"):
             print(f"note: removed an incomplete line from {out / 'runs.jsonl'} left by an interrupted run")
         ctx = Context(mod.NAME, out, dev, h, progress)
         with warnings.catch_warnings():

@@ -29,8 +29,6 @@ posterior (binary tasks):
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 

@@ -14,43 +14,31 @@ holding another config's results is refused.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from gpmargin import measures as M
 from gpmargin.errors import GpmarginError
-from gpmargin.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, run_metadata
+from gpmargin.io import (
+    append_jsonl,
+    atomic_write_json,
+    locked_folder,
+    read_jsonl,
+    repair_jsonl,
+    resolve_device,
+    run_metadata,
+)
 from validation.experiments import ExperimentConfig
 from validation.models import EnsembleMLP, member_seed
 from validation.train import make_optimizer, margin_targets, train
 
 LOSS_CHECKPOINTS = (0, 1, 10, 50, 100, 200, 300, 400, 500, 1000, 2000)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; absent -> GpmarginError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise GpmarginError(f"unknown device {name!r}: use auto, cpu or cuda") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GpmarginError(f"device {name!r} requested but CUDA is not available on this machine; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise GpmarginError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) present")
-    elif dev.type != "cpu":
-        raise GpmarginError(f"unsupported device {name!r}: use auto, cpu or cuda")
-    return dev
 
 
 # ----------------------------------------------------------------------------- data
@@ -68,46 +56,6 @@ def _t(a: Any, device, dtype=None) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- output folder
-def _repair_jsonl(path: Path) -> int:
-    """Cut a torn last line and drop unparseable lines; returns how many lines were dropped."""
-    if not path.exists():
-        return 0
-    raw = path.read_bytes()
-    if not raw:
-        return 0
-    keep, dropped = [], 0
-    lines = raw.split(b"\n")
-    tail = lines.pop()  # b"" when the file ends with a newline, else a torn line
-    if tail:
-        dropped += 1
-    import json
-
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            json.loads(line)
-            keep.append(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            dropped += 1
-    if dropped:
-        atomic_write_text(path, b"".join(l + b"\n" for l in keep).decode())
-    return dropped
-
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise GpmarginError(f"another sweep is running in {out}; wait for it or use another --out") from exc
-        yield
-    finally:
-        os.close(fd)
-
-
 def prepare_output(config: ExperimentConfig, out: str | os.PathLike, device: torch.device | None = None) -> Path:
     """Create ``out`` with ``config.json``, or check that it holds this config's results."""
     out = Path(out)
@@ -238,8 +186,8 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
     out = prepare_output(config, out, dev)
     runs = out / "runs.jsonl"
     h = config.config_hash()
-    with _locked(out):
-        dropped = _repair_jsonl(runs)
+    with locked_folder(out, "sweep"):
+        dropped = repair_jsonl(runs)
         if dropped:
             print(f"note: removed {dropped} incomplete line(s) from {runs} left by an interrupted run")
         done = {unit_key(r["margin"], r["seed"]) for r in read_jsonl(runs)}

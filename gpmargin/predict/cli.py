@@ -103,18 +103,6 @@ def parse_ensemble(spec: str) -> tuple[int, ...]:
     return tuple(vals)
 
 
-def _device(name: str):
-    import torch
-
-    from gpmargin.errors import GpmarginError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GpmarginError("--device cuda: no CUDA GPU is available to torch; use --device cpu")
-    return torch.device(name)
-
-
 def _threads(spec: str) -> int:
     """Torch CPU threads.  ``auto``: cores minus the 1-minute load average (rounded, >= 1).
 
@@ -188,6 +176,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from gpmargin.errors import GpmarginError
+    from gpmargin.io import resolve_device
 
     if args.depth is None:
         args.depth = 5 if args.arch == "paper-mlp" else 4
@@ -197,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         from gpmargin.predict.inputs import check_margins
 
         check_margins(margins)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     torch.set_num_threads(_threads(args.threads))
     dataset = (args.dataset or "digits").lower()
     timings: dict[str, float] = {}
