@@ -178,6 +178,50 @@ def locked_folder(out: str | os.PathLike, what: str = "run") -> Iterator[Path]:
         os.close(fd)
 
 
+def prepare_results_folder(out: str | os.PathLike, config_hash: str, record: dict[str, Any],
+                           what: str, device: Any = None) -> Path:
+    """Create ``out`` holding ``config.json``, or check that it holds results of this config only.
+
+    ``record`` (the config, described for humans) is saved with ``config_hash`` and
+    :func:`run_metadata`.  A folder whose ``config.json`` or ``runs.jsonl`` carries another hash
+    is refused with a one-line error that names ``what`` it holds (``describe`` of the old record),
+    so results of different configs never mix.
+    """
+    from gpmargin.errors import GpmarginError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GpmarginError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path, runs = out / "config.json", out / "runs.jsonl"
+    if cfg_path.exists():
+        try:
+            old = json.loads(cfg_path.read_text())
+            old_hash = old["config_hash"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise GpmarginError(f"{cfg_path} is not a gpmargin {what} config; use an empty --out folder") from exc
+        if old_hash != config_hash:
+            raise GpmarginError(f"{out} holds results of {_describe(old)} with a different config and other "
+                                f"settings (hash {old_hash}, this run {config_hash}); use another --out folder")
+    else:
+        if runs.exists() and runs.stat().st_size > 0:
+            raise GpmarginError(f"{out} holds a runs.jsonl without config.json; use an empty --out folder")
+        atomic_write_json(cfg_path, {**record, "config_hash": config_hash, "metadata": run_metadata(device)})
+    foreign = {r.get("config_hash") for r in read_jsonl(runs)} - {config_hash}
+    if foreign:
+        raise GpmarginError(f"{runs} holds results of other settings (hashes {sorted(foreign)}); "
+                            "use another --out folder")
+    return out
+
+
+def _describe(record: dict) -> str:
+    """``name/scale`` of a saved config record (figure or experiment)."""
+    cfg = record.get("config") if isinstance(record.get("config"), dict) else {}
+    name = record.get("figure") or cfg.get("name")
+    scale = record.get("scale") or cfg.get("scale")
+    return f"{name}/{scale}"
+
+
 def resolve_device(name: Any = "auto"):
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``.
 

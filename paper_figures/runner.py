@@ -31,6 +31,7 @@ from gpmargin.io import (
     atomic_savefig,
     atomic_write_json,
     locked_folder,
+    prepare_results_folder,
     read_jsonl,
     repair_jsonl,
     resolve_device,
@@ -82,32 +83,9 @@ class Context:
 
 def prepare_output(figure: str, scale: str, cfg: dict, out: str | os.PathLike, device=None) -> tuple[Path, str]:
     """Create ``out`` with ``config.json`` or check that it holds this figure's settings."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise GpmarginError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     h = config_hash(figure, cfg)
-    cfg_path = out / "config.json"
-    if cfg_path.exists():
-        try:
-            old = json.loads(cfg_path.read_text())
-            old_hash = old["config_hash"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise GpmarginError(f"{cfg_path} is not a gpmargin figure config; use an empty --out folder") from exc
-        if old_hash != h:
-            raise GpmarginError(f"{out} holds results of {old.get('figure')}/{old.get('scale')} with other settings "
-                                f"(hash {old_hash}, this run {h}); use another --out folder")
-    else:
-        runs = out / "runs.jsonl"
-        if runs.exists() and runs.stat().st_size > 0:
-            raise GpmarginError(f"{out} holds a runs.jsonl without config.json; use an empty --out folder")
-        atomic_write_json(cfg_path, {"figure": figure, "scale": scale, "config": cfg, "config_hash": h,
-                                     "metadata": run_metadata(device)})
-    foreign = {r.get("config_hash") for r in read_jsonl(out / "runs.jsonl")} - {h}
-    if foreign:
-        raise GpmarginError(f"{out}/runs.jsonl holds results of other settings (hashes {sorted(foreign)}); "
-                            "use another --out folder")
-    return out, h
+    record = {"figure": figure, "scale": scale, "config": cfg}
+    return prepare_results_folder(out, h, record, "figure", device), h
 
 
 def run_figure(name: str, scale: str, out: str | os.PathLike, device: str = "auto", dataset: str | None = None,

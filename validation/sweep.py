@@ -24,11 +24,10 @@ import numpy as np
 import torch
 
 from gpmargin import measures as M
-from gpmargin.errors import GpmarginError
 from gpmargin.io import (
     append_jsonl,
-    atomic_write_json,
     locked_folder,
+    prepare_results_folder,
     read_jsonl,
     repair_jsonl,
     resolve_device,
@@ -58,33 +57,7 @@ def _t(a: Any, device, dtype=None) -> torch.Tensor:
 # ----------------------------------------------------------------------------- output folder
 def prepare_output(config: ExperimentConfig, out: str | os.PathLike, device: torch.device | None = None) -> Path:
     """Create ``out`` with ``config.json``, or check that it holds this config's results."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise GpmarginError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path, runs = out / "config.json", out / "runs.jsonl"
-    h = config.config_hash()
-    if cfg_path.exists():
-        import json
-
-        try:
-            old = json.loads(cfg_path.read_text())
-            old_hash = old["config_hash"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise GpmarginError(f"{cfg_path} is not a gpmargin sweep config; use an empty --out folder") from exc
-        if old_hash != h:
-            raise GpmarginError(
-                f"{out} holds results of a different config ({old.get('config', {}).get('name')}/"
-                f"{old.get('config', {}).get('scale')}, hash {old_hash}, this one {h}); use another --out folder")
-    else:
-        if runs.exists() and runs.stat().st_size > 0:
-            raise GpmarginError(f"{out} holds a runs.jsonl without config.json; use an empty --out folder")
-        atomic_write_json(cfg_path, {"config": config.to_dict(), "config_hash": h,
-                                     "metadata": run_metadata(device)})
-    foreign = {r.get("config_hash") for r in read_jsonl(runs)} - {h}
-    if foreign:
-        raise GpmarginError(f"{runs} holds results of other configs (hashes {sorted(foreign)}); use another --out folder")
-    return out
+    return prepare_results_folder(out, config.config_hash(), {"config": config.to_dict()}, "sweep", device)
 
 
 def unit_key(margin: float, seed: int) -> tuple[str, int]:
