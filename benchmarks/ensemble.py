@@ -4,15 +4,19 @@ Reference: 16 ordinary ``MLP`` networks, each with its own Nero optimiser, train
 another (a sequential Python loop).  Candidate: one ``EnsembleMLP`` of 16 members with
 stacked ``(16, out, in)`` weights (one GEMM for the shared first layer, ``torch.bmm`` after)
 and one batched Nero.  Both do the same full-batch steps on the same fig6-like problem
-(MNIST-sized inputs, d = 784, 1000 examples, depth 5, width 512 by default); real MNIST is
-used when available, otherwise inputs of the same shape and norm.  Prints the median (and
-best) time of ``--steps`` training steps over ``--repeats`` repeats and the speed-up ratio.
+(MNIST-sized inputs, d = 784, 1000 examples, depth 5); real MNIST is used when available,
+otherwise inputs of the same shape and norm.  For each width it prints the median time of
+``--steps`` training steps over ``--repeats`` repeats and the speed-up ratio.
 
-On a CPU the two do the same floating-point work in GEMMs that are already large, so an idle
-machine shows a modest gain; the batched version issues 16x fewer kernels and parallel
-regions, which is what matters on a GPU and on a loaded CPU (thread barriers).
+It also prints a **ceiling** for the ratio: the matrix products of a training step (forward,
+weight gradients, input gradients of layers 2..L) are counted exactly, and the device's
+float32 GEMM rate is measured on one large square product.  No batching of the same
+arithmetic can beat ``loop time / (GEMM flops / peak GEMM rate)``.  On a 2-core CPU the
+loop at width >= 256 already runs its GEMMs near that rate, so the ceiling is close to 1;
+batching pays where per-call overhead dominates (small widths) and on GPUs.
 
-    python benchmarks/ensemble.py [--width 512] [--members 16] [--steps 5] [--repeats 5] [--device cpu]
+    python benchmarks/ensemble.py [--widths 64,128,256,512] [--members 16] [--steps 5]
+                                  [--repeats 5] [--device cpu]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from validation.models import MLP, EnsembleMLP, member_seed  # noqa: E402
+from validation.models import MLP, EnsembleMLP, member_seed, mlp_shapes  # noqa: E402
 from validation.sweep import resolve_device  # noqa: E402
 from validation.train import make_optimizer, margin_targets, per_network_loss  # noqa: E402
 
@@ -54,27 +58,38 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--width", type=int, default=512)
-    ap.add_argument("--depth", type=int, default=5)
-    ap.add_argument("--members", type=int, default=16)
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    dev = resolve_device(a.device)
-    x, y, src = data(a.n, dev)
-    targets = margin_targets(y, 1.0)
-    k = a.members
+def gemm_flops_per_step(d: int, depth: int, width: int, n: int) -> float:
+    """Floating-point operations in the matrix products of one full-batch training step of
+    one network: forward ``2 n sum_l out_l in_l``, weight gradients the same again, input
+    gradients for layers 2..L (the input itself needs none)."""
+    shapes = mlp_shapes(d, depth, width, 1)
+    per_layer = [2.0 * n * o * i for o, i in shapes]
+    return 2.0 * sum(per_layer) + sum(per_layer[1:])
 
-    ens = EnsembleMLP(k, x.shape[1], a.depth, a.width, 1, seed=0).to(dev)
+
+def peak_gemm_rate(device, size: int = 2048, repeats: int = 10) -> float:
+    """Measured float32 GEMM rate (flop/s) of one ``size^3`` product on ``device``, written
+    into a preallocated output (so no allocation or page faults are timed)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    c = torch.empty(size, size, device=device)
+    torch.mm(a, b, out=c)
+    sync(device)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        sync(device)
+        ts.append(time.perf_counter() - t0)
+    return 2.0 * size**3 / min(ts)
+
+
+def compare(width: int, a, x, targets, dev) -> dict:
+    """Median seconds of ``a.steps`` Nero steps: loop of single networks vs one ensemble."""
+    k = a.members
+    ens = EnsembleMLP(k, x.shape[1], a.depth, width, 1, seed=0).to(dev)
     ens_opt = make_optimizer(ens, "nero", 0.01)
-    singles = [MLP(x.shape[1], a.depth, a.width, 1, seed=member_seed(0, j)).to(dev) for j in range(k)]
+    singles = [MLP(x.shape[1], a.depth, width, 1, seed=member_seed(0, j)).to(dev) for j in range(k)]
     single_opts = [make_optimizer(m, "nero", 0.01) for m in singles]
 
     def batched():
@@ -99,22 +114,55 @@ def main(argv=None) -> int:
             fn()
             sync(dev)
             ts.append(time.perf_counter() - t0)
-        return statistics.median(ts), ts
+        return ts
 
     # interleave so that background load affects both alike
-    seq_t, seq_all = timed(sequential)
-    bat_t, bat_all = timed(batched)
-    seq_t2, seq_all2 = timed(sequential)
-    seq_med = statistics.median(seq_all + seq_all2)
+    seq = timed(sequential)
+    bat = timed(batched)
+    seq += timed(sequential)
+    return dict(seq=statistics.median(seq), bat=statistics.median(bat), seq_best=min(seq), bat_best=min(bat))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", default="64,128,256,512",
+                    help="comma-separated hidden widths to compare (default 64,128,256,512)")
+    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--members", type=int, default=16)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    try:
+        widths = [int(w) for w in a.widths.split(",")]
+    except ValueError:
+        ap.error(f"--widths must be comma-separated integers, got {a.widths!r}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = resolve_device(a.device)
+    x, y, src = data(a.n, dev)
+    targets = margin_targets(y, 1.0)
+    k = a.members
+    peak = peak_gemm_rate(dev)
+    rows = [(width, compare(width, a, x, targets, dev)) for width in widths]
+    peak = max(peak, peak_gemm_rate(dev))  # best of before and after, against clock changes
     print(f"device {dev} ({torch.get_num_threads()} threads); data: {src}")
-    print(f"work: {k} networks x {a.steps} Nero steps, depth {a.depth}, width {a.width}, n={a.n}, float32")
-    print(f"sequential loop of {k} single networks (reference): median {seq_med:.3f} s  "
-          f"(runs: {', '.join(f'{t:.3f}' for t in seq_all + seq_all2)})")
-    print(f"batched ensemble of {k}:                           median {bat_t:.3f} s  "
-          f"(runs: {', '.join(f'{t:.3f}' for t in bat_all)})")
-    print(f"speed-up (sequential / batched): {seq_med / bat_t:.2f}x median, "
-          f"{min(seq_all + seq_all2) / min(bat_all):.2f}x best-of-runs "
-          "(medians include background load; best-of-runs approximates an idle machine)")
+    print(f"work: {k} networks x {a.steps} Nero steps, depth {a.depth}, n={a.n}, float32; "
+          f"measured peak GEMM rate {peak / 1e9:.0f} GFLOP/s (2048^3 sgemm)")
+    print("reference: sequential Python loop of single networks; candidate: one batched ensemble")
+    print(f"{'width':>6} {'loop (s)':>9} {'batched (s)':>12} {'speed-up':>9} {'best-of':>8} "
+          f"{'loop GEMM rate':>15} {'ceiling':>8}")
+    for width, r in rows:
+        flops = k * a.steps * gemm_flops_per_step(x.shape[1], a.depth, width, a.n)
+        at_peak = flops / peak
+        print(f"{width:>6} {r['seq']:>9.3f} {r['bat']:>12.3f} {r['seq'] / r['bat']:>8.2f}x "
+              f"{r['seq_best'] / r['bat_best']:>7.2f}x {flops / r['seq'] / 1e9:>9.0f} GFLOP/s "
+              f"{r['seq'] / at_peak:>7.2f}x")
+    print("speed-up = loop median / batched median; best-of = ratio of the fastest runs; "
+          "ceiling = loop time / (GEMM flops at the peak rate): the most any batching of this "
+          "arithmetic could gain")
     return 0
 
 

@@ -236,3 +236,39 @@ def test_config_roundtrip_and_scales():
     q = get_experiment("fig6", "quick")
     assert (q.lr, q.decay, q.steps, q.depth) == (p.lr, p.decay, p.steps, p.depth)
     assert q.config_hash() != p.config_hash() and q.with_seed(3).seeds[0] == 3
+
+
+def test_config_overrides():
+    q = get_experiment("fig6", "quick")
+    c = q.with_overrides(["width=2048", "members=2", "ensembles=1,2", "margins=1e-3:1e1:5", "n_test=none",
+                          "lr = 0.02"])
+    assert (c.width, c.members, c.ensembles, c.n_test, c.lr) == (2048, 2, (1, 2), None, 0.02)
+    assert len(c.margins) == 5 and abs(c.margins[0] - 1e-3) < 1e-15 and abs(c.margins[-1] - 10) < 1e-12
+    assert c.config_hash() != q.config_hash()
+    assert set(c.overrides()) == {"width", "members", "ensembles", "margins", "n_test", "lr"}
+    assert q.overrides() == {} and q.with_overrides([]) == q
+    for bad, msg in (("widht=3", "KEY one of"), ("width", "KEY one of"), ("scale=paper", "KEY one of"),
+                     ("width=wide", "width=wide"), ("margins=auto", "explicit margins"),
+                     ("margins=0,1", "margins"), ("ensembles=1,32", "members"), ("seeds=a", "integers")):
+        with pytest.raises(GpmarginError, match=msg):
+            q.with_overrides([bad])
+
+
+def test_cli_set_overrides(mnist_test, tmp_path):
+    out = tmp_path / "run"
+    args = ("validate", "fig6", "--scale", "smoke", "--out", str(out), "--device", "cpu", "--no-progress",
+            "--set", "width=16", "--set", "members=2", "--set", "ensembles=1,2", "--set", "margins=0.1,3",
+            "--set", "steps=20")
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert (saved["width"], saved["members"], saved["margins"], saved["steps"]) == (16, 2, [0.1, 3.0], 20)
+    recs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["margin"] for r in recs) == [0.1, 3.0]
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["overrides"]["width"] == 16
+    r = _cli(*args[:-2], "--set", "steps=30")  # a different config into the same folder: refused
+    assert r.returncode == 2 and "different config" in r.stderr, r.stderr
+    r = _cli("validate", "fig6", "--scale", "smoke", "--out", str(tmp_path / "z"), "--set", "depth=x")
+    assert r.returncode == 2 and r.stderr.startswith("error: --set 'depth=x'"), r.stderr
+    assert r.stderr.strip().count("\n") == 0 and not (tmp_path / "z").exists()

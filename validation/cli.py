@@ -1,4 +1,4 @@
-"""``gpmargin validate EXPERIMENT --scale quick|paper --out DIR [--device ...] [--seed N]``.
+"""``gpmargin validate EXPERIMENT --scale quick|paper --out DIR [--device ...] [--seed N] [--set K=V]``.
 
 Runs (or resumes) the experiment's sweep into ``DIR/runs.jsonl``, then compares the measured
 accuracies with the NNGP predictions (``DIR/comparison.{csv,png,json}``).
@@ -25,6 +25,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=None,
                    help="first network seed (seeds N, N+1, ...; member j of seed s uses 1000*s+j)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="change one field of the experiment's config, e.g. --set width=2048 --set members=4 "
+                        "--set margins=1e-3:1e1:7 (repeatable; recorded in config.json and the plot title)")
     p.add_argument("--no-compare", action="store_true", help="only run the sweep")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -37,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from validation.sweep import load_task, records_complete, resolve_device, run_sweep
 
     config = get_experiment(args.experiment, args.scale)
+    if args.overrides:
+        config = config.with_overrides(args.overrides)
     if args.seed is not None:
         if args.seed < 0:
             raise ValueError(f"--seed must be non-negative, got {args.seed}")

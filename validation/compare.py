@@ -105,6 +105,12 @@ def dense_margins(config: ExperimentConfig, per_decade: int = 12) -> np.ndarray:
     return np.logspace(lo, hi, max(2, int(round((hi - lo) * per_decade)) + 1))
 
 
+def _short(v: Any) -> str:
+    if isinstance(v, (list, tuple)) and len(v) > 4:
+        return f"[{len(v)} values {v[0]:g}..{v[-1]:g}]"
+    return str(v)
+
+
 def plot(config: ExperimentConfig, rows: list[dict[str, Any]], path: Path, gap: dict[str, Any],
          curves: tuple[np.ndarray, dict[str, np.ndarray]] | None = None) -> Path:
     """One panel per ensemble size; ``curves = (margins, {column: acc[len(ensembles), len]})``
@@ -139,7 +145,9 @@ def plot(config: ExperimentConfig, rows: list[dict[str, Any]], path: Path, gap: 
     axes[0][0].legend(fontsize=7, loc="lower right")
     g0 = gap["gp_accuracy"]["mean_abs_gap"]
     g1 = gap["gp_constrained_accuracy"]["mean_abs_gap"]
-    fig.suptitle(f"{config.name} ({config.scale}): {config.dataset} {config.task}, n_train={config.n_train}, "
+    changed = config.overrides()
+    label = config.scale + (", set " + " ".join(f"{k}={_short(v)}" for k, v in changed.items()) if changed else "")
+    fig.suptitle(f"{config.name} ({label}): {config.dataset} {config.task}, n_train={config.n_train}, "
                  f"depth {config.depth}, width {config.width}, {config.optimizer}, {config.steps} steps — "
                  f"mean |nn−gp|: paper kernel {g0:.3f}, constrained {g1:.3f}", fontsize=9)
     fig.tight_layout()
@@ -172,7 +180,8 @@ def compare(config: ExperimentConfig, out: str | os.PathLike, records: list[dict
         w.writerow({c: ("" if r[c] is None else r[c]) for c in cols})
     atomic_write_text(out / "comparison.csv", buf.getvalue())
     plot(config, rows, out / "comparison.png", gap, curves)
-    summary = {"experiment": config.name, "scale": config.scale, "config_hash": config.config_hash(),
+    summary = {"experiment": config.name, "scale": config.scale, "overrides": config.overrides(),
+               "config_hash": config.config_hash(),
                "gaps": gap, "rows": rows, "units": len(records),
                "metadata": run_metadata(device, data_info=getattr(task, "info", None))}
     atomic_write_json(out / "comparison.json", summary)

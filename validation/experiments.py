@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -83,6 +83,27 @@ class ExperimentConfig:
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def with_overrides(self, assignments: Sequence[str]) -> "ExperimentConfig":
+        """A copy with fields set from ``KEY=VALUE`` strings (the CLI's ``--set``), e.g.
+        ``width=2048``, ``members=4``, ``margins=1e-3:1e1:7`` (or ``0.1,1,10``),
+        ``seeds=0,1``, ``ensembles=1,2,4``, ``n_test=none``.  The result is validated."""
+        changes: dict[str, Any] = {}
+        for item in assignments:
+            key, sep, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or key not in OVERRIDABLE:
+                raise GpmarginError(f"--set {item!r}: write KEY=VALUE with KEY one of {', '.join(OVERRIDABLE)}")
+            try:
+                changes[key] = OVERRIDABLE[key](value)
+            except (ValueError, GpmarginError) as exc:
+                raise GpmarginError(f"--set {item!r}: {exc}") from None
+        return dataclasses.replace(self, **changes)
+
+    def overrides(self) -> dict[str, Any]:
+        """Fields that differ from the named experiment at this scale (what ``--set`` changed)."""
+        base = EXPERIMENTS[self.name](self.scale).to_dict() if self.name in EXPERIMENTS else {}
+        return {k: v for k, v in self.to_dict().items() if k in base and base[k] != v and k != "seeds"}
+
     def with_seed(self, seed: int) -> "ExperimentConfig":
         """The same experiment with network seeds ``seed, seed + 1, ...`` (as many as before)."""
         return dataclasses.replace(self, seeds=tuple(int(seed) + i for i in range(len(self.seeds))))
@@ -113,6 +134,34 @@ def validate_config(c: ExperimentConfig) -> None:
         raise GpmarginError(f"unknown optimizer {c.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     if c.loss not in LOSSES:
         raise GpmarginError(f"unknown loss {c.loss!r}: use one of {', '.join(LOSSES)}")
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda v: None if v.lower() == "none" else parse(v)
+
+
+def _int_tuple(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in v.split(","))
+    except ValueError:
+        raise GpmarginError(f"expected comma-separated integers, got {v!r}") from None
+
+
+def _margins(v: str) -> tuple[float, ...]:
+    from gpmargin.predict.cli import parse_margins
+
+    if v.lower() == "auto":
+        raise GpmarginError("a sweep needs explicit margins: LO:HI:N or a comma list")
+    return tuple(float(m) for m in parse_margins(v))
+
+
+#: fields ``--set`` may change, with the parser of their value
+OVERRIDABLE: dict[str, Callable[[str], Any]] = {
+    "dataset": str, "task": str, "n_train": int, "n_test": _optional(int), "data_seed": int,
+    "carve_from": str, "depth": int, "width": int, "optimizer": str, "loss": str, "lr": float,
+    "decay": float, "steps": int, "tol": _optional(float), "dtype": str, "margins": _margins,
+    "seeds": _int_tuple, "members": int, "ensembles": _int_tuple, "gp_kind": str,
+}
 
 
 def _logspace(lo: float, hi: float, n: int) -> tuple[float, ...]:

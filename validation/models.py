@@ -3,7 +3,8 @@
 All weight tensors are stored row-major like ``torch.nn.Linear``: a dense layer is a matrix
 ``(out, in)`` and ``f = W x``.  An ensemble of ``k`` networks is ONE module whose weights are
 stacked ``(k, out, in)``; its forward pass is batched (one GEMM for the shared first layer,
-``torch.bmm`` afterwards), never a Python loop over networks.  Its output has shape
+``torch.bmm`` afterwards, hidden states stored feature-major ``(k, width, n)``), never a
+Python loop over networks.  Its output has shape
 ``(k, n, outputs)``.
 
 Networks
@@ -80,13 +81,23 @@ def init_mlp_weights(seed: int, in_dim: int, depth: int, width: int, outputs: in
             for i, s in enumerate(mlp_shapes(in_dim, depth, width, outputs))]
 
 
-def _act(h: torch.Tensor, scale: float) -> torch.Tensor:
-    h = torch.relu(h)
-    return h * scale if scale != 1.0 else h
+def _check_act_scale(scale: float) -> float:
+    if not (math.isfinite(scale) and scale > 0):
+        raise GpmarginError(f"act_scale must be a positive finite number, got {scale!r}")
+    return float(scale)
+
+
+def _output_scale(scale: float, depth: int) -> float:
+    """``c^(L-1)``: relu is positively homogeneous, ``c relu(z) = relu(c z)`` for ``c > 0``,
+    so ``W_L c relu(... W_2 c relu(W_1 x))`` equals ``c^(L-1) W_L relu(... relu(W_1 x))``.
+    The networks compute the plain-relu chain and scale only the (small) output, which
+    saves two elementwise passes over every hidden layer."""
+    return scale ** (depth - 1)
 
 
 class MLP(nn.Module):
-    """One paper MLP: ``f(x) = W_L phi(... phi(W_1 x))`` with ``phi = sqrt(2) relu``."""
+    """One paper MLP: ``f(x) = W_L phi(... phi(W_1 x))`` with ``phi = sqrt(2) relu``
+    (computed as ``sqrt(2)^(L-1) W_L relu(... relu(W_1 x))``, the same function)."""
 
     batch_dims = 0
 
@@ -97,16 +108,15 @@ class MLP(nn.Module):
         if weights is None:
             weights = init_mlp_weights(seed, in_dim, depth, width, outputs, init, sigma, dtype)
         self.weights = nn.ParameterList([nn.Parameter(w.clone()) for w in weights])
-        self.act_scale = act_scale
+        self.act_scale = _check_act_scale(act_scale)
         self.config = dict(in_dim=in_dim, depth=depth, width=width, outputs=outputs, act_scale=act_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
-        for i, w in enumerate(self.weights):
-            h = h @ w.T
-            if i < len(self.weights) - 1:
-                h = _act(h, self.act_scale)
-        return h
+        h = x @ self.weights[0].T
+        for w in self.weights[1:]:
+            h = h.relu_() @ w.T
+        c = _output_scale(self.act_scale, len(self.weights))
+        return h * c if c != 1.0 else h
 
     def weight_matrices(self) -> list[list[torch.Tensor]]:
         """Weights as ``[[W_1, ..., W_L]]`` (a list with one network, like ensembles)."""
@@ -134,21 +144,25 @@ class EnsembleMLP(nn.Module):
             weights = [torch.stack([m[i] for m in members]) for i in range(depth)]
         self.weights = nn.ParameterList([nn.Parameter(w.clone()) for w in weights])
         self.k = k
-        self.act_scale = act_scale
+        self.act_scale = _check_act_scale(act_scale)
         self.seed = seed
         self.config = dict(k=k, in_dim=in_dim, depth=depth, width=width, outputs=outputs, act_scale=act_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature-major: hidden states are kept as ``(k, width, n)``, so every layer is
+        ``h <- W phi(h)`` with no transposed operand (one GEMM ``(k*out, d) @ (d, n)`` for the
+        shared first layer, ``torch.bmm`` after); only the small output is transposed."""
         w0 = self.weights[0]
         k, o, i = w0.shape
         if x.dim() == 2:  # shared input: one GEMM for all members
-            h = (x @ w0.reshape(k * o, i).T).reshape(x.shape[0], k, o).transpose(0, 1)
+            h = (w0.reshape(k * o, i) @ x.T).reshape(k, o, x.shape[0])
         else:
-            h = torch.bmm(x, w0.transpose(1, 2))
+            h = torch.bmm(w0, x.transpose(1, 2))
         for w in self.weights[1:]:
-            h = _act(h, self.act_scale)
-            h = torch.bmm(h, w.transpose(1, 2))
-        return h
+            h = torch.bmm(w, h.relu_())
+        c = _output_scale(self.act_scale, len(self.weights))
+        h = h * c if c != 1.0 else h
+        return h.transpose(1, 2)
 
     def member(self, j: int) -> MLP:
         """Member ``j`` as an ordinary :class:`MLP` (a copy)."""
