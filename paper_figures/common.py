@@ -173,6 +173,18 @@ def no_dataset_option(name: str, dataset: str | None, default: str) -> str:
     return default
 
 
+def fixed_dataset_config(scales: dict, name: str, dataset: str = "mnist"):
+    """``config(scale, dataset=None)`` of a figure drawn on one fixed dataset: the scale's
+    settings plus ``scale``; ``--dataset`` is accepted only when it names that dataset."""
+
+    def config(scale: str, dataset_option: str | None = None) -> dict:
+        cfg = check_scale(scales, scale, name)
+        no_dataset_option(name, dataset_option, dataset)
+        return dict(cfg, scale=scale)
+
+    return config
+
+
 def mean_sem(v: Sequence[float]) -> tuple[float, float]:
     a = np.asarray(v, dtype=np.float64)
     if a.size == 0:

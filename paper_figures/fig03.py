@@ -30,14 +30,10 @@ SCALES = {
 }
 
 
-def config(scale: str, dataset: str | None = None) -> dict:
-    cfg = C.check_scale(SCALES, scale, NAME)
-    C.no_dataset_option(NAME, dataset, "mnist")
-    return dict(cfg, scale=scale)
+config = C.fixed_dataset_config(SCALES, NAME)
 
 
-def run(cfg, ctx):
-    return A.run(cfg, ctx)
+run = A.run
 
 
 def claims(cfg, results):

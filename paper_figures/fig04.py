@@ -26,18 +26,13 @@ SCALES = {
 }
 
 
-def config(scale: str, dataset: str | None = None) -> dict:
-    cfg = C.check_scale(SCALES, scale, NAME)
-    C.no_dataset_option(NAME, dataset, "mnist")
-    return dict(cfg, scale=scale)
+config = C.fixed_dataset_config(SCALES, NAME)
 
 
-def run(cfg, ctx):
-    return T.run(cfg, ctx)
+run = T.run
 
 
-def claims(cfg, results):
-    return T.claims(cfg, results)
+claims = T.claims
 
 
 def plot(cfg, results):

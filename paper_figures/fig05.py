@@ -39,10 +39,7 @@ LABELS = {"sgd_init": "(a) SGD, init scale σ", "sgd_alpha": "(b) SGD, target sc
           "nero_alpha": "(c) Nero + constraints, target scale α"}
 
 
-def config(scale: str, dataset: str | None = None) -> dict:
-    cfg = C.check_scale(SCALES, scale, NAME)
-    C.no_dataset_option(NAME, dataset, "mnist")
-    return dict(cfg, scale=scale)
+config = C.fixed_dataset_config(SCALES, NAME)
 
 
 def run(cfg, ctx):

@@ -46,12 +46,10 @@ def config(scale: str, dataset: str | None = None) -> dict:
     return dict(cfg, scale=scale)
 
 
-def run(cfg, ctx):
-    return T.run(cfg, ctx)
+run = T.run
 
 
-def claims(cfg, results):
-    return T.claims(cfg, results)
+claims = T.claims
 
 
 def plot(cfg, results):

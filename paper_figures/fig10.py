@@ -20,10 +20,7 @@ SCALES = {s: {k: v[k] for k in _KEYS} for s, v in FIG5_SCALES.items()}
 GROUPS = ("nero_alpha", "nero_alpha_random")
 
 
-def config(scale: str, dataset: str | None = None) -> dict:
-    cfg = C.check_scale(SCALES, scale, NAME)
-    C.no_dataset_option(NAME, dataset, "mnist")
-    return dict(cfg, scale=scale)
+config = C.fixed_dataset_config(SCALES, NAME)
 
 
 def run(cfg, ctx):

@@ -127,14 +127,19 @@ def candidates(spec: DatasetSpec, root: str | os.PathLike | None = None) -> list
     return unique
 
 
-def read_idx_file(path: Path, fs: FileSpec) -> np.ndarray:
-    """Read, structurally check and md5-verify one IDX file (``.gz`` or uncompressed)."""
+def _read_nonempty(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise FileProblem(f"unreadable ({one_line(exc.strerror or exc)})") from None
     if not data:
         raise FileProblem("empty file (0 bytes)")
+    return data
+
+
+def read_idx_file(path: Path, fs: FileSpec) -> np.ndarray:
+    """Read, structurally check and md5-verify one IDX file (``.gz`` or uncompressed)."""
+    data = _read_nonempty(path)
     gz = path.name.endswith(".gz")
     gz_ok = gz and md5_hex(data) == fs.md5_gz
     raw = idx.gunzip(data) if gz else data
@@ -148,12 +153,7 @@ def read_idx_file(path: Path, fs: FileSpec) -> np.ndarray:
 
 def read_cifar_batch(path: Path, fs: FileSpec) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 batch after checking its md5 (never unpickles unverified bytes)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FileProblem(f"unreadable ({one_line(exc.strerror or exc)})") from None
-    if not data:
-        raise FileProblem("empty file (0 bytes)")
+    data = _read_nonempty(path)
     got = md5_hex(data)
     if got != fs.md5_raw:
         raise FileProblem(f"wrong checksum (md5 {got} for {len(data)} bytes, expected {fs.md5_raw}; truncated or corrupt)")
