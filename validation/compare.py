@@ -148,7 +148,7 @@ def plot(config: ExperimentConfig, rows: list[dict[str, Any]], path: Path, gap: 
     changed = config.overrides()
     label = config.scale + (", set " + " ".join(f"{k}={_short(v)}" for k, v in changed.items()) if changed else "")
     fig.suptitle(f"{config.name} ({label}): {config.dataset} {config.task}, n_train={config.n_train}, "
-                 f"depth {config.depth}, width {config.width}, {config.optimizer}, {config.steps} steps — "
+                 f"depth {config.depth}, width {config.width}, {config.optimizer}, {config.steps} steps\n"
                  f"mean |nn−gp|: paper kernel {g0:.3f}, constrained {g1:.3f}", fontsize=9)
     fig.tight_layout()
     atomic_savefig(fig, path)

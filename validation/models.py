@@ -114,7 +114,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x @ self.weights[0].T
         for w in self.weights[1:]:
-            h = h.relu_() @ w.T
+            h = h.relu_() @ w.T  # in place: h is a fresh product, not needed by autograd
         c = _output_scale(self.act_scale, len(self.weights))
         return h * c if c != 1.0 else h
 
@@ -158,8 +158,9 @@ class EnsembleMLP(nn.Module):
             h = (w0.reshape(k * o, i) @ x.T).reshape(k, o, x.shape[0])
         else:
             h = torch.bmm(w0, x.transpose(1, 2))
-        for w in self.weights[1:]:
-            h = torch.bmm(w, h.relu_())
+        for layer, w in enumerate(self.weights[1:]):
+            # relu in place on bmm outputs; the first layer's output is a view, so out of place
+            h = torch.bmm(w, torch.relu(h) if layer == 0 else h.relu_())
         c = _output_scale(self.act_scale, len(self.weights))
         h = h * c if c != 1.0 else h
         return h.transpose(1, 2)
