@@ -24,6 +24,7 @@ posterior (binary tasks):
     ``rms f(X) / alpha``.
 
     python -m validation.diagnose fig6 --scale quick --margins 0.001 0.1 10 [--constrained]
+        [--set width=2048 --set members=2 ...]
 """
 
 from __future__ import annotations
@@ -88,23 +89,20 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", default="quick")
     ap.add_argument("--margins", type=float, nargs="+", required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--members", type=int, default=None, help="override the number of networks")
-    ap.add_argument("--width", type=int, default=None, help="override the width")
-    ap.add_argument("--steps", type=int, default=None, help="override the number of steps")
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--decay", type=float, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="change a field of the experiment's config, as for gpmargin validate "
+                         "(e.g. --set width=2048 --set members=2)")
     ap.add_argument("--constrained", action="store_true", help="use the exact constrained kernel")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
     a = ap.parse_args(argv)
-    import dataclasses
 
     config = get_experiment(a.experiment, a.scale)
-    over = {k: v for k, v in (("members", a.members), ("width", a.width), ("steps", a.steps), ("lr", a.lr),
-                              ("decay", a.decay)) if v is not None}
-    if "members" in over:
-        over["ensembles"] = tuple(k for k in config.ensembles if k <= over["members"]) or (1,)
-    config = dataclasses.replace(config, **over)
+    overrides = list(a.overrides)
+    keys = {o.partition("=")[0].strip() for o in overrides}
+    if "members" in keys and "ensembles" not in keys:
+        overrides.append("ensembles=1")  # ensemble sizes play no part in the diagnosis
+    config = config.with_overrides(overrides)
     task = load_task(config)
     for alpha in a.margins:
         d = diagnose_unit(config, task, alpha, a.seed, a.device, a.constrained)
@@ -118,4 +116,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gpmargin.errors import GpmarginError
+
+    try:
+        sys.exit(main())
+    except GpmarginError as exc:
+        sys.exit(f"error: {exc}")
