@@ -272,3 +272,16 @@ def test_cli_set_overrides(mnist_test, tmp_path):
     r = _cli("validate", "fig6", "--scale", "smoke", "--out", str(tmp_path / "z"), "--set", "depth=x")
     assert r.returncode == 2 and r.stderr.startswith("error: --set 'depth=x'"), r.stderr
     assert r.stderr.strip().count("\n") == 0 and not (tmp_path / "z").exists()
+
+
+def test_diagnose_with_overrides(mnist_test, tmp_path, capsys):
+    from validation.diagnose import main as diagnose
+
+    out = tmp_path / "d.jsonl"
+    assert diagnose(["fig6", "--scale", "smoke", "--margins", "0.3", "--set", "width=16", "--set", "members=1",
+                     "--set", "steps=40", "--device", "cpu", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("alpha=0.3: nn=")
+    rec = json.loads(out.read_text())
+    assert (rec["config"]["width"], rec["config"]["members"], rec["config"]["ensembles"]) == (16, 1, [1])
+    with pytest.raises(GpmarginError, match="width=x"):
+        diagnose(["fig6", "--scale", "smoke", "--margins", "0.3", "--set", "width=x"])
