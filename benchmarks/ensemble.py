@@ -67,21 +67,26 @@ def gemm_flops_per_step(d: int, depth: int, width: int, n: int) -> float:
     return 2.0 * sum(per_layer) + sum(per_layer[1:])
 
 
+def timings(fn, device, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after one warm-up call (device synchronised)."""
+    fn()
+    sync(device)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        ts.append(time.perf_counter() - t0)
+    return ts
+
+
 def peak_gemm_rate(device, size: int = 2048, repeats: int = 10) -> float:
     """Measured float32 GEMM rate (flop/s) of one ``size^3`` product on ``device``, written
     into a preallocated output (so no allocation or page faults are timed)."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     c = torch.empty(size, size, device=device)
-    torch.mm(a, b, out=c)
-    sync(device)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        sync(device)
-        ts.append(time.perf_counter() - t0)
-    return 2.0 * size**3 / min(ts)
+    return 2.0 * size**3 / min(timings(lambda: torch.mm(a, b, out=c), device, repeats))
 
 
 def compare(width: int, a, x, targets, dev) -> dict:
@@ -105,21 +110,10 @@ def compare(width: int, a, x, targets, dev) -> dict:
                 per_network_loss(m(x), targets).backward()
                 o.step()
 
-    def timed(fn):
-        fn()  # warm-up
-        sync(dev)
-        ts = []
-        for _ in range(a.repeats):
-            t0 = time.perf_counter()
-            fn()
-            sync(dev)
-            ts.append(time.perf_counter() - t0)
-        return ts
-
     # interleave so that background load affects both alike
-    seq = timed(sequential)
-    bat = timed(batched)
-    seq += timed(sequential)
+    seq = timings(sequential, dev, a.repeats)
+    bat = timings(batched, dev, a.repeats)
+    seq += timings(sequential, dev, a.repeats)
     return dict(seq=statistics.median(seq), bat=statistics.median(bat), seq_best=min(seq), bat_best=min(bat))
 
 

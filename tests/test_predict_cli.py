@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gpmargin.cli import main
-from gpmargin.predict.cli import parse_ensemble, parse_margins
+from gpmargin.predict.inputs import parse_ensemble, parse_margins
 from gpmargin.errors import GpmarginError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -147,8 +147,14 @@ def _int_tuple(v: str) -> tuple[int, ...]:
         raise GpmarginError(f"expected comma-separated integers, got {v!r}") from None
 
 
+def _ensembles(v: str) -> tuple[int, ...]:
+    from gpmargin.predict.inputs import parse_ensemble
+
+    return parse_ensemble(v)
+
+
 def _margins(v: str) -> tuple[float, ...]:
-    from gpmargin.predict.cli import parse_margins
+    from gpmargin.predict.inputs import parse_margins
 
     if v.lower() == "auto":
         raise GpmarginError("a sweep needs explicit margins: LO:HI:N or a comma list")
@@ -160,7 +166,7 @@ OVERRIDABLE: dict[str, Callable[[str], Any]] = {
     "dataset": str, "task": str, "n_train": int, "n_test": _optional(int), "data_seed": int,
     "carve_from": str, "depth": int, "width": int, "optimizer": str, "loss": str, "lr": float,
     "decay": float, "steps": int, "tol": _optional(float), "dtype": str, "margins": _margins,
-    "seeds": _int_tuple, "members": int, "ensembles": _int_tuple, "gp_kind": str,
+    "seeds": _int_tuple, "members": int, "ensembles": _ensembles, "gp_kind": str,
 }
 
 

@@ -61,48 +61,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_margins(spec: str):
-    """``"LO:HI:N"`` -> N log-spaced margins; ``"a,b,c"`` -> list; ``"auto"`` -> None."""
-    from gpmargin.errors import GpmarginError
-
-    s = spec.strip().lower()
-    if s in ("", "auto"):
-        return None
-    bad = GpmarginError(
-        f"--margins {spec!r}: write LO:HI:N (e.g. 1e-3:1e1:41), a comma list (e.g. 0.1,1,10) or auto"
-    )
-    if ":" not in s:
-        try:
-            return [float(v) for v in s.split(",") if v.strip()]
-        except ValueError:
-            raise bad from None
-    try:
-        lo, hi, n = s.split(":")
-        lo, hi, n = float(lo), float(hi), int(n)
-    except ValueError:
-        raise bad from None
-    if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
-        raise GpmarginError(f"--margins {spec}: LO and HI must be finite and > 0")
-    if n < 1:
-        raise GpmarginError(f"--margins {spec}: N must be at least 1")
-    if n == 1:
-        return [lo]
-    step = (math.log10(hi) - math.log10(lo)) / (n - 1)
-    return [10 ** (math.log10(lo) + i * step) for i in range(n)]
-
-
-def parse_ensemble(spec: str) -> tuple[int, ...]:
-    from gpmargin.errors import GpmarginError
-
-    try:
-        vals = [int(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise GpmarginError(f"--ensemble {spec!r}: write positive integers separated by commas, e.g. 1,2,4,8,16") from None
-    if not vals or min(vals) < 1:
-        raise GpmarginError(f"--ensemble {spec!r}: ensemble sizes must be positive integers")
-    return tuple(vals)
-
-
 def _threads(spec: str) -> int:
     """Torch CPU threads.  ``auto``: cores minus the 1-minute load average (rounded, >= 1).
 
@@ -180,11 +138,11 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.depth is None:
         args.depth = 5 if args.arch == "paper-mlp" else 4
+    from gpmargin.predict.inputs import check_margins, parse_ensemble, parse_margins
+
     margins = parse_margins(args.margins)
     ensemble = parse_ensemble(args.ensemble)
     if margins is not None:
-        from gpmargin.predict.inputs import check_margins
-
         check_margins(margins)
     device = resolve_device(args.device)
     torch.set_num_threads(_threads(args.threads))

@@ -32,6 +32,8 @@ __all__ = [
     "check_margins",
     "check_ensemble",
     "check_conflicting_duplicates",
+    "parse_margins",
+    "parse_ensemble",
 ]
 
 
@@ -216,3 +218,41 @@ def check_conflicting_duplicates(x_train: torch.Tensor, labels: Labels, max_name
             f"interpolate: {named}{more}; remove or relabel them"
         )
     return int((counts[counts > 1] - 1).sum())
+
+
+def parse_margins(spec: str):
+    """``"LO:HI:N"`` -> N log-spaced margins; ``"a,b,c"`` -> list; ``"auto"`` -> None."""
+    s = spec.strip().lower()
+    if s in ("", "auto"):
+        return None
+    bad = GpmarginError(
+        f"--margins {spec!r}: write LO:HI:N (e.g. 1e-3:1e1:41), a comma list (e.g. 0.1,1,10) or auto"
+    )
+    if ":" not in s:
+        try:
+            return [float(v) for v in s.split(",") if v.strip()]
+        except ValueError:
+            raise bad from None
+    try:
+        lo, hi, n = s.split(":")
+        lo, hi, n = float(lo), float(hi), int(n)
+    except ValueError:
+        raise bad from None
+    if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
+        raise GpmarginError(f"--margins {spec}: LO and HI must be finite and > 0")
+    if n < 1:
+        raise GpmarginError(f"--margins {spec}: N must be at least 1")
+    if n == 1:
+        return [lo]
+    step = (math.log10(hi) - math.log10(lo)) / (n - 1)
+    return [10 ** (math.log10(lo) + i * step) for i in range(n)]
+
+
+def parse_ensemble(spec: str) -> tuple[int, ...]:
+    try:
+        vals = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise GpmarginError(f"--ensemble {spec!r}: write positive integers separated by commas, e.g. 1,2,4,8,16") from None
+    if not vals or min(vals) < 1:
+        raise GpmarginError(f"--ensemble {spec!r}: ensemble sizes must be positive integers")
+    return tuple(vals)
