@@ -11,7 +11,8 @@ Layers: :class:`Dense`, :class:`Conv2d`, :class:`Flatten`, :class:`GlobalAvgPool
 :class:`Relu`, :class:`LeakyRelu`, :class:`ABRelu`, :class:`Erf`, :class:`Identity`, and the
 constraint transform :class:`Centred` (Nero-constrained rows, see ``constrained``).
 Presets: :func:`paper_mlp`, :func:`paper_cnn`.  Adapters: ``gpmargin.kernels.gpytorch``
-(GPyTorch kernels) and ``gpmargin.kernels.nt`` (wrap a neural-tangents ``kernel_fn``).
+(GPyTorch kernels), ``gpmargin.kernels.sklearn`` (a scikit-learn kernel) and
+``gpmargin.kernels.nt`` (wrap a neural-tangents ``kernel_fn``).
 """
 
 from gpmargin.kernels.activations import ABRelu, Erf, Identity, LeakyRelu, Relu
