@@ -111,6 +111,26 @@ def test_kernel_protocol_clone_pickle(parity):
     assert np.array_equal(kc(imgs.reshape(6, 64).numpy()), conv(imgs).numpy())
 
 
+@pytest.mark.parametrize(
+    "make,input_shape",
+    [
+        (lambda: gk.paper_mlp(3, constrained=True), None),
+        (lambda: gk.serial(gk.Centred(gk.Conv2d(3)), gk.Relu(), gk.Flatten(), gk.Centred(gk.Dense())), (1, 8, 8)),
+        (lambda: gk.serial(gk.Conv2d(3, padding="same", b_std=0.1), gk.Erf(0.9, 1.1, 0.1), gk.GlobalAvgPool(),
+                           gk.Dense(1.2), gk.LeakyRelu(0.1), gk.Dense(b_std=0.3), gk.ABRelu(-0.2, 1.0),
+                           gk.Identity(), gk.Dense()), (1, 8, 8)),
+    ],
+    ids=["constrained_mlp", "constrained_cnn", "layer_zoo"],
+)
+def test_every_kernel_object_pickles_inside_the_sklearn_kernel(make, input_shape):
+    """scikit-learn pickles fitted estimators (joblib); the wrapped kernel objects must survive it."""
+    x = make_task("digits", "parity", n_train=6, n_test=1, seed=0).x_train.numpy()  # (6, 64)
+    kern = NetworkKernel(make(), input_shape=input_shape)
+    again = pickle.loads(pickle.dumps(kern))
+    assert again == kern and again.kernel is not kern.kernel
+    assert np.array_equal(again(x), kern(x)) and np.array_equal(again.diag(x), kern.diag(x))
+
+
 def test_bad_arguments_are_one_line_errors(parity):
     x = parity.x_train.numpy()[:5]
     with pytest.raises(GpmarginError, match="wraps a gpmargin kernel object"):
