@@ -132,14 +132,15 @@ def test_conv_kernel_via_input_shape():
 
 
 # -- a batched model on real data: one output GP per class ---------------------------------
-@pytest.mark.parametrize("cls,kind", [(NNGPKernel, "nngp"), (NTKKernel, "ntk")])
-def test_batched_exact_gp_per_class_matches_gpmargin_posterior(cls, kind):
+@pytest.mark.parametrize("cls,get,kind", [(NNGPKernel, "nngp", "nngp"), (NTKKernel, "ntk", "ntkgp")])
+def test_batched_exact_gp_per_class_matches_gpmargin_posterior(cls, get, kind):
     """An ExactGP with ``batch_shape`` 10 (one independent GP per digit class, targets one-hot)
     has posterior means ``K_*X (K + s2 I)^-1 Y``; gpmargin's noise-free posterior is
     ``K_*X K^-1 Y``.  Their difference is ``s2 K_*X K^-1 (K + s2 I)^-1 Y``, at most
     ``s2 ||K_*X K^-1||_2 ||K^-1 Y||_F / (1 - s2 / lambda_min)`` in every entry; with
     ``s2 = 1e-12`` that bound is computed below (4e-10 for the NNGP, 3e-11 for the NTK) and asserted
-    < 1e-9, so the 1e-8 tolerance tests the implementations, not the noise."""
+    < 1e-9, so the 1e-8 tolerance tests the implementations, not the noise.  A GP with the NTK as
+    covariance is gpmargin's ``kind="ntkgp"``."""
     from gpmargin.data import make_task
 
     t = make_task("digits", "multiclass", n_train=300, n_test=200, seed=0)
@@ -169,8 +170,8 @@ def test_batched_exact_gp_per_class_matches_gpmargin_posterior(cls, kind):
 
     ours = posterior(net, t.x_train, Y, t.x_test, kind=kind)
     assert ours.jitter == 0.0
-    K = net(t.x_train, get=kind)
-    W = torch.linalg.solve(K, net(t.x_test, t.x_train, get=kind).T).T
+    K = net(t.x_train, get=get)
+    W = torch.linalg.solve(K, net(t.x_test, t.x_train, get=get).T).T
     lam_min = float(torch.linalg.eigvalsh(K)[0])
     bound = s2 * float(torch.linalg.matrix_norm(W, 2) * torch.linalg.norm(torch.linalg.solve(K, Y))) / (1 - s2 / lam_min)
     assert bound < 1e-9, bound

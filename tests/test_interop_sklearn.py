@@ -34,13 +34,14 @@ def test_regressor_equals_gpmargin_posterior(parity, get):
     mean moves by at most ``a ||W||_2 ||K^-1 y|| / (1 - a/lam)`` and test point i's variance by at
     most ``a ||W_i||^2 / lam``, its standard deviation by that over ``s_i``.  With ``a = 1e-12`` on
     300 digits these bounds are 4e-10 (mean) and 1.5e-9 (std) for the NNGP (3e-11, 1e-11 for the
-    NTK); they are recomputed and asserted < 2e-9, so the 1e-8 tolerance checks the implementations."""
+    NTK); they are recomputed and asserted < 2e-9, so the 1e-8 tolerance checks the implementations.
+    A GP with the NTK as covariance is gpmargin's ``kind="ntkgp"``."""
     t = parity
     net, a = relu_net(), 1e-12
     gpr = GaussianProcessRegressor(NetworkKernel(net, get=get), optimizer=None, alpha=a)
     mean, std = gpr.fit(t.x_train.numpy(), t.y_train.numpy()).predict(t.x_test.numpy(), return_std=True)
 
-    ours = posterior(net, t.x_train, t.y_train, t.x_test, kind=get)
+    ours = posterior(net, t.x_train, t.y_train, t.x_test, kind={"nngp": "nngp", "ntk": "ntkgp"}[get])
     assert ours.jitter == 0.0
     K = net(t.x_train, get=get)
     lam = float(torch.linalg.eigvalsh(K)[0])
