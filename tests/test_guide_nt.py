@@ -115,3 +115,18 @@ def test_guide_standard_ntk_ratio(neural_tangents):
     ours = _array(_run("gpmargin", "standard")["k"](ns["x1"], ns["x2"], get="ntk"))
     ratio = float(np.median(theirs / ours))
     assert 230 < ratio < 250, ratio
+
+
+def test_guide_gradient_descent_difference_is_the_relu_diagonal(neural_tangents):
+    """The prose: with neural-tangents' own kernel_fn (through the bridge) the gradient-descent
+    predictions agree to rounding, so the 9.5e-9 of the pair is the kernel's ReLU diagonal."""
+    from gpmargin.kernels.nt import from_neural_tangents
+    from gpmargin.predict import posterior
+
+    ns = _run("nt", "gradient_descent")
+    X1, Y, X2 = (torch.from_numpy(ns[v]) for v in ("x1", "y", "x2"))
+    p = posterior(from_neural_tangents(ns["kernel_fn"]), X1, Y, X2, kind="ntk", time=20.0, learning_rate=0.5,
+                  joint=True)
+    for ours, theirs in ((p.mean, ns["mean_t"]), (p.cov, ns["cov_t"])):
+        theirs = _array(theirs)
+        assert float(np.abs(_array(ours) - theirs).max() / np.abs(theirs).max()) < 1e-13
