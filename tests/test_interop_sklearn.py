@@ -100,7 +100,8 @@ def test_kernel_protocol_clone_pickle(parity):
     assert k.get_params() == {"kernel": net, "get": "ntk", "input_shape": None, "device": None}
     for copy in (clone(k), pickle.loads(pickle.dumps(k)), k.clone_with_theta(k.theta)):
         assert copy == k and copy.kernel is not net and np.array_equal(copy(x), K)
-    assert k != NetworkKernel(net, get="nngp") and k != NetworkKernel(gk.serial(gk.Dense(1.5, 0.1), gk.Relu()), get="ntk")
+    assert k != NetworkKernel(net, get="nngp")
+    assert k != NetworkKernel(gk.serial(gk.Dense(1.5, 0.1), gk.Relu()), get="ntk")
     # a fitted regressor pickles with its kernel
     gpr = GaussianProcessRegressor(k, optimizer=None, alpha=1e-10).fit(x, parity.y_train.numpy()[:20])
     again = pickle.loads(pickle.dumps(gpr))
@@ -138,6 +139,8 @@ def test_bad_arguments_are_one_line_errors(parity):
         NetworkKernel("relu")
     with pytest.raises(GpmarginError, match=r"get='ntgp'.*'nngp' or 'ntk'"):
         NetworkKernel(relu_net(), get="ntgp")
+    with pytest.raises(GpmarginError, match=r"input_shape=64\) must be a tuple"):
+        NetworkKernel(relu_net(), input_shape=64)
     with pytest.raises(GpmarginError, match=r"input_shape=\(1, 8, 8\) needs 64"):
         NetworkKernel(relu_net(), input_shape=(1, 8, 8))(x[:, :10])
     with pytest.raises(ValueError, match="only be evaluated when Y is None"):

@@ -49,8 +49,8 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
     def __init__(self, kernel, input_shape: tuple[int, ...] | None = None, **kwargs):
         if not callable(kernel) or not hasattr(kernel, "diag"):
             raise GpmarginError(
-                f"{type(self).__name__}(kernel=...) wraps a gpmargin kernel object (e.g. gpmargin.kernels.serial(...)), "
-                f"got {type(kernel).__name__}"
+                f"{type(self).__name__}(kernel=...) wraps a gpmargin kernel object "
+                f"(e.g. gpmargin.kernels.serial(...)), got {type(kernel).__name__}"
             )
         batch_shape = kwargs.get("batch_shape")
         if batch_shape is not None:
@@ -95,7 +95,9 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
         try:
             torch.broadcast_shapes(shape, self.batch_shape)
         except RuntimeError:
-            raise RuntimeError(f"Cannot expand a kernel with batch shape {self.batch_shape} to new shape {shape}") from None
+            raise RuntimeError(
+                f"Cannot expand a kernel with batch shape {self.batch_shape} to new shape {shape}"
+            ) from None
         return self._with_batch_shape(shape)
 
     # -- the computation --------------------------------------------------------------
@@ -129,7 +131,9 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
         batch = torch.broadcast_shapes(self.batch_shape, x1.shape[:-2], x2.shape[:-2])
         if last_dim_is_batch:
             if self.input_shape is not None:
-                raise GpmarginError("last_dim_is_batch=True treats each feature as its own input; it cannot be used with input_shape")
+                raise GpmarginError(
+                    "last_dim_is_batch=True treats each feature as its own input; it cannot be used with input_shape"
+                )
             x1, x2 = x1.transpose(-1, -2).unsqueeze(-1), x2.transpose(-1, -2).unsqueeze(-1)
             batch = batch + x1.shape[-3:-2]
         # compute each distinct batch member once (inputs broadcast over the batch are computed once)

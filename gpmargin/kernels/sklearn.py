@@ -66,8 +66,12 @@ class NetworkKernel(Kernel):
             )
         if self.get not in GETS:
             raise GpmarginError(f"NetworkKernel(get={self.get!r}) is not supported; use 'nngp' or 'ntk'")
-        if self.input_shape is not None and not all(isinstance(s, (int, np.integer)) and s > 0 for s in self.input_shape):
-            raise GpmarginError(f"NetworkKernel(input_shape={self.input_shape!r}) must be positive integers, e.g. (1, 8, 8)")
+        shape = self.input_shape
+        if shape is not None and not (isinstance(shape, (tuple, list)) and shape
+                                      and all(isinstance(s, (int, np.integer)) and s > 0 for s in shape)):
+            raise GpmarginError(
+                f"NetworkKernel(input_shape={shape!r}) must be a tuple of positive integers, e.g. (1, 8, 8)"
+            )
 
     def _rows(self, X, name: str) -> torch.Tensor:
         a = np.asarray(X)
@@ -116,5 +120,7 @@ class NetworkKernel(Kernel):
         return same_kernel and self.get == other.get and self.device == other.device and len(set(shapes)) == 1
 
     def __repr__(self) -> str:
-        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("input_shape", "device") if getattr(self, k) is not None)
+        extra = "".join(
+            f", {k}={getattr(self, k)!r}" for k in ("input_shape", "device") if getattr(self, k) is not None
+        )
         return f"NetworkKernel({self.kernel!r}, get={self.get!r}{extra})"
