@@ -199,3 +199,21 @@ def test_bad_input_is_one_line_error(call, words):
     assert "\n" not in msg
     for w in words:
         assert w in msg, msg
+
+
+def test_nero_trains_a_network_with_biases(digits):
+    from validation.train import make_optimizer, per_network_loss
+
+    x = digits.reshape(6, -1)
+    y = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])[:, None]
+    net = MLP.network(32, in_shape=64, members=3, parameterization="standard", dtype=torch.float64)
+    opt = make_optimizer(net, "nero", 0.05)  # batch_dims=1: per member, per row
+    loss0 = per_network_loss(net(x), y).detach()
+    for _ in range(30):
+        opt.zero_grad()
+        per_network_loss(net(x), y).sum().backward()
+        opt.step()
+    for w in net.weights:  # every row of every member centred and unit-norm; biases free
+        rows = w.detach().reshape(3, w.shape[1], -1)
+        torch.testing.assert_close(rows.norm(dim=-1), torch.ones(rows.shape[:2], dtype=torch.float64))
+    assert bool((per_network_loss(net(x), y).detach() < 0.5 * loss0).all())
