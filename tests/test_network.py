@@ -30,6 +30,8 @@ MLP = gk.serial(gk.Dense(1.3, 0.4), gk.Relu(math.sqrt(2)), gk.Dense(0.9, 0.2), g
                 gk.Dense(1.1, 0.3), gk.LeakyRelu(-0.3), gk.Dense(1.0))
 CNN = gk.serial(gk.Conv2d(3, b_std=0.2), gk.ABRelu(-0.5, 1.2), gk.Conv2d((3, 2), stride=2, padding="same", W_std=1.4),
                 gk.Relu(), gk.Flatten(), gk.Dense(1.0, 0.1), gk.Identity(), gk.Dense())
+CHAIN = gk.serial(gk.Dense(), gk.Relu(2.0), gk.Relu(1.5), gk.Erf(), gk.Dense(), gk.LeakyRelu(0.1),
+                  gk.ABRelu(0.5, -1.0), gk.Dense(W_std=0.7))  # activations back to back, pending scales
 GAP = gk.serial(gk.Centred(gk.Conv2d(3)), gk.Relu(), gk.Centred(gk.Conv2d(3, padding="same")), gk.Relu(),
                 gk.GlobalAvgPool(), gk.Centred(gk.Dense()))
 
@@ -67,12 +69,12 @@ def reference(net, x, j):
     return h
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "gap"])
+@pytest.mark.parametrize("name", ["mlp", "chain", "cnn", "gap"])
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
 def test_batched_forward_equals_each_member_by_hand(digits, name, parameterization):
-    kernel = {"mlp": MLP, "cnn": CNN, "gap": GAP}[name]
-    x = digits.reshape(6, -1) if name == "mlp" else digits[:, None]
-    width = 12 if name == "mlp" else [5, 4, 7][: 3 if name == "cnn" else 2]
+    kernel = {"mlp": MLP, "chain": CHAIN, "cnn": CNN, "gap": GAP}[name]
+    x = digits.reshape(6, -1) if name in ("mlp", "chain") else digits[:, None]
+    width = 12 if name in ("mlp", "chain") else [5, 4, 7][: 3 if name == "cnn" else 2]
     net = kernel.network(width, in_shape=tuple(x.shape[1:]), parameterization=parameterization, members=3, seed=4,
                          outputs=2, dtype=torch.float64)
     with torch.no_grad():
