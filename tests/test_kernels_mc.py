@@ -1,10 +1,15 @@
-"""Kernels against sampled finite networks (no neural-tangents): Monte-Carlo NNGP and empirical NTK.
+"""Kernels against the finite networks they describe (no neural-tangents): every network here is
+built by the kernel object itself, ``k.network(...)``, so this checks that kernel and network agree.
 
-Inputs are real scikit-learn digits (8x8).  Each Monte-Carlo draw samples all hidden weights of a
-finite network (width >= 1024) and takes the readout's *conditional* covariance given the last
-hidden layer exactly (Gaussian row: phi . phi' / n; zero-mean unit-norm row: the centred product
-/ (n - 1)), which removes the readout's sampling noise without changing the expectation.  The
-standard error comes from the spread over draws; seeds are fixed.
+* NNGP by Monte Carlo: many independently initialised members at once; each member has ``R``
+  readout units, which given the member's hidden layers are independent draws of the output
+  process, so ``F_j = f_j f_j^T / R`` is an unbiased estimate of the finite-width NNGP.  The
+  standard error is the spread of ``F_j`` over members / sqrt(members); the kernel must agree
+  within ``Z = 4`` standard errors (finite-width bias is O(1/width), below the SE here).
+* NTK at initialisation: the empirical tangent kernel (``torch.func.jacrev``) of wide
+  NTK-parameterised networks against ``k(x, get="ntk")``.
+
+Inputs are real scikit-learn digits (8x8); seeds are fixed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import torch
 
 from gpmargin import kernels as gk
 
-SQRT2 = math.sqrt(2.0)
 Z = 4.0  # agreement within Z standard errors
 
 
@@ -29,129 +33,99 @@ def digits():
     return torch.tensor(d.images[idx] / 16.0, dtype=torch.float64)  # (5, 8, 8) in [0, 1]
 
 
-def _rows(w: torch.Tensor, constrained: bool) -> torch.Tensor:
-    """Weights with rows over the last dims: Gaussian N(0, 1/fan_in), or Nero's zero-mean unit-norm rows."""
-    flat = w.reshape(*w.shape[:2], -1)
-    if constrained:
-        flat = flat - flat.mean(-1, keepdim=True)
-        flat = flat / flat.norm(dim=-1, keepdim=True)
-    else:
-        flat = flat / math.sqrt(flat.shape[-1])
-    return flat.reshape(w.shape)
+@pytest.fixture(scope="module")
+def vectors(digits):
+    x = digits.reshape(5, -1)
+    return x * math.sqrt(64) / x.norm(dim=1, keepdim=True)  # positive-mean inputs of norm sqrt(d)
 
 
-def _readout_cov(phi: torch.Tensor, constrained: bool) -> torch.Tensor:
-    """E[f f^T | phi] for one readout row; phi is (batch, N, features)."""
-    n = phi.shape[-1]
-    if constrained:
-        phi = phi - phi.mean(-1, keepdim=True)
-        return phi @ phi.transpose(-1, -2) / (n - 1)
-    return phi @ phi.transpose(-1, -2) / n
+def mc_nngp(kernel, x, width, members, readouts, batch, seed=0, **kw):
+    """Monte-Carlo NNGP of ``kernel``'s finite networks: (mean, standard error) over members."""
+    samples = []
+    for b in range(members // batch):
+        net = kernel.network(width, in_shape=tuple(x.shape[1:]), members=batch, seed=seed + b, outputs=readouts,
+                             dtype=torch.float64, **kw)
+        with torch.no_grad():
+            f = net(x)  # (batch, N, readouts)
+        samples.append(f @ f.transpose(1, 2) / readouts)
+        del net
+    s = torch.cat(samples)
+    return s.mean(0), s.std(0) / math.sqrt(s.shape[0])
 
 
-def _summarise(samples: torch.Tensor):
-    mean = samples.mean(0)
-    se = samples.std(0) / math.sqrt(samples.shape[0])
-    return mean, se
-
-
-def mc_mlp(x, width, draws, constrained, seed, batch=20):
-    """Monte-Carlo NNGP of paper_mlp(3): Dense - ReLU*sqrt2 - Dense - ReLU*sqrt2 - Dense(readout)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    n, d = x.shape
-    for _ in range(draws // batch):
-        w1 = _rows(torch.randn(batch, width, d, generator=g, dtype=torch.float64), constrained)
-        w2 = _rows(torch.randn(batch, width, width, generator=g, dtype=torch.float64), constrained)
-        h = torch.relu(w1 @ x.T) * SQRT2  # (batch, width, N)
-        h = torch.relu(w2 @ h) * SQRT2
-        out.append(_readout_cov(h.transpose(1, 2), constrained))
-    return _summarise(torch.cat(out))
-
-
-def mc_cnn(x, channels, out_channels, draws, constrained, seed, batch=10):
-    """Monte-Carlo NNGP of Conv3x3 - ReLU - Conv3x3 - ReLU - Flatten - Dense(readout) (valid, no bias)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    imgs = x[:, None]
-    for _ in range(draws // batch):
-        w1 = _rows(torch.randn(batch, channels, 1, 3, 3, generator=g, dtype=torch.float64), constrained)
-        w2 = _rows(torch.randn(batch, out_channels, channels, 3, 3, generator=g, dtype=torch.float64), constrained)
-        for b in range(batch):
-            h = torch.relu(torch.nn.functional.conv2d(imgs, w1[b]))
-            h = torch.relu(torch.nn.functional.conv2d(h, w2[b]))
-            out.append(_readout_cov(h.reshape(1, x.shape[0], -1), constrained))
-    return _summarise(torch.cat(out))
+def _z(mean, se, k):
+    return float(((mean - k).abs() / se).max())
 
 
 def _assert_within(mean, se, k, label):
-    z = ((mean - k).abs() / se)
-    assert float(z.max()) < Z, f"{label}: max |MC - kernel| / SE = {float(z.max()):.2f}\nMC={mean}\nkernel={k}\nSE={se}"
+    z = _z(mean, se, k)
+    assert z < Z, f"{label}: max |MC - kernel| / SE = {z:.2f}\nMC={mean}\nkernel={k}\nSE={se}"
 
 
 @pytest.mark.parametrize("constrained", [False, True], ids=["gaussian", "nero"])
-def test_mlp_nngp_monte_carlo(digits, constrained):
-    x = digits.reshape(5, -1)
-    x = x * math.sqrt(64) / x.norm(dim=1, keepdim=True)  # positive-mean inputs of norm sqrt(d)
-    mean, se = mc_mlp(x, width=1024, draws=160, constrained=constrained, seed=1)
-    k = gk.paper_mlp(3, constrained=constrained)(x)
-    _assert_within(mean, se, k, f"MLP constrained={constrained}")
-    # the Monte Carlo resolves the difference between the two parameterisations
-    other = gk.paper_mlp(3, constrained=not constrained)(x)
-    assert float(((mean - other).abs() / se).max()) > 10 * Z
+def test_mlp_nngp_monte_carlo(vectors, constrained):
+    k = gk.paper_mlp(3, constrained=constrained)
+    mean, se = mc_nngp(k, vectors, width=512, members=160, readouts=128, batch=40, seed=1,
+                       parameterization="standard")
+    _assert_within(mean, se, k(vectors), f"MLP constrained={constrained}")
+    # the Monte Carlo resolves the difference between the two kernels
+    other = gk.paper_mlp(3, constrained=not constrained)(vectors)
+    assert _z(mean, se, other) > 10 * Z
+
+
+def test_mlp_with_biases_and_other_activations_monte_carlo(vectors):
+    # biases, Erf, LeakyRelu, unequal W_std; NTK parameterisation (same NNGP as standard)
+    k = gk.serial(gk.Dense(1.3, 0.4), gk.Erf(), gk.Dense(1.1, 0.2), gk.LeakyRelu(0.2), gk.Dense(0.9, 0.3))
+    mean, se = mc_nngp(k, vectors, width=512, members=160, readouts=256, batch=40, seed=5)
+    _assert_within(mean, se, k(vectors), "Dense/Erf/LeakyRelu with biases")
 
 
 @pytest.mark.parametrize("constrained", [False, True], ids=["gaussian", "nero"])
 def test_cnn_nngp_monte_carlo(digits, constrained):
-    # both hidden layers 1024 channels wide: the readout's centring averages over channels whose
-    # positions are correlated, so it is biased by O(1/channels); at 1024 that is well below the SE
-    mean, se = mc_cnn(digits, channels=1024, out_channels=1024, draws=30, constrained=constrained, seed=2, batch=5)
+    # both hidden layers 256 channels wide: the readout's centring averages over channels whose
+    # positions are correlated, so it is biased by O(1/channels), below the SE at this width
     wrap = gk.Centred if constrained else (lambda layer: layer)
     k = gk.serial(wrap(gk.Conv2d(3)), gk.Relu(), wrap(gk.Conv2d(3)), gk.Relu(), gk.Flatten(), wrap(gk.Dense()))
-    _assert_within(mean, se, k(digits[:, None]), f"CNN constrained={constrained}")
+    x = digits[:, None]
+    mean, se = mc_nngp(k, x, width=256, members=40, readouts=128, batch=20, seed=2, parameterization="standard")
+    _assert_within(mean, se, k(x), f"CNN constrained={constrained}")
 
 
-def _empirical_ntk(model, x):
+def empirical_ntk(net, x) -> torch.Tensor:
+    """Per-member empirical NTK ``(members, N, N)`` of a one-output network: ``J_j J_j^T``.
+
+    Member ``j``'s output depends only on its own slice of the stacked parameters, so the
+    Jacobian of the sum over members holds every member's Jacobian in its slice (one
+    ``jacrev`` for all members)."""
     from torch.func import functional_call, jacrev
 
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    jac = jacrev(lambda p: functional_call(model, p, (x,)).squeeze(-1))(params)
-    flat = torch.cat([j.reshape(x.shape[0], -1) for j in jac.values()], dim=1)
-    return flat @ flat.T
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    jac = jacrev(lambda p: functional_call(net, p, (x,)).sum(0)[:, 0])(params)  # (N, k, ...) per parameter
+    k = net.members
+    return sum(torch.einsum("akp,bkp->kab", j.reshape(x.shape[0], k, -1), j.reshape(x.shape[0], k, -1))
+               for j in jac.values())
 
 
-class _NTKLinear(torch.nn.Module):
-    """Dense layer in the NTK parameterisation: standard normal weights, scaled by 1/sqrt(fan_in) in forward."""
-
-    def __init__(self, fan_in, fan_out, gen):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64))
-
-    def forward(self, h):
-        return h @ self.weight.T / math.sqrt(self.weight.shape[1])
-
-
-class _Relu2(torch.nn.Module):
-    def forward(self, h):
-        return torch.relu(h) * SQRT2
-
-
-def test_mlp_empirical_ntk(digits):
-    x = digits.reshape(5, -1)
-    x = x * math.sqrt(64) / x.norm(dim=1, keepdim=True)
-    width, nets = 2048, 4
-    g = torch.Generator().manual_seed(3)
-    ntks = []
-    for _ in range(nets):
-        model = torch.nn.Sequential(_NTKLinear(64, width, g), _Relu2(), _NTKLinear(width, width, g), _Relu2(),
-                                    _NTKLinear(width, 1, g))
-        ntks.append(_empirical_ntk(model, x))
-    emp = torch.stack(ntks).mean(0)
-    k = gk.paper_mlp(3)(x, get="ntk")
-    # A width-n network's NTK fluctuates around its limit by O(1/sqrt(n)) relative (about
-    # depth/sqrt(n) ~ 7% per entry for a single net at n=2048, depth 3); averaging 4 independent
-    # nets halves that, so 8% of the largest entry is ~3 standard deviations.
-    assert float((emp - k).abs().max() / k.abs().max()) < 0.08
-    # the diagonal is tighter (every entry ~ depth = 3); check it is not just the NNGP
-    nngp = gk.paper_mlp(3)(x)
-    assert float((emp - nngp).abs().max()) > 1.0
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_empirical_ntk_at_init(digits, vectors, arch):
+    if arch == "mlp":
+        k, x, width, members = gk.serial(gk.Dense(1.0, 0.2), gk.Relu(math.sqrt(2)), gk.Dense(1.0, 0.2),
+                                         gk.Relu(math.sqrt(2)), gk.Dense(1.0, 0.2)), vectors, 512, 16
+    else:
+        k, x, width, members = gk.serial(gk.Conv2d(3, b_std=0.1), gk.Relu(), gk.Conv2d(3, padding="same"), gk.Relu(),
+                                         gk.Flatten(), gk.Dense()), digits[:, None], 128, 8
+    net = k.network(width, in_shape=tuple(x.shape[1:]), members=members, seed=3, dtype=torch.float64)
+    ntks = empirical_ntk(net, x)
+    nngp, theta = k(x, get=("nngp", "ntk"))
+    # The NTK of one width-n network fluctuates around its limit with relative standard deviation
+    # O(1/sqrt(n)) (Hanin & Nica 2019: variance ~ depth / n); its mean is biased by only O(1/n).
+    # So the member average is within a few standard errors (spread over members / sqrt(members))
+    # plus an O(1/n) bias; we allow Z standard errors plus depth/n of the largest entry.
+    mean, se = ntks.mean(0), ntks.std(0) / math.sqrt(members)
+    tol = Z * se + 3.0 / width * theta.abs().max()
+    err = (mean - theta).abs()
+    assert bool((err < tol).all()), f"{arch}: |NTK_emp - NTK| = {err}\ntolerance {tol}"
+    # and the width really is large: one member is within O(1/sqrt(n)) of the limit
+    rel = float(((ntks - theta).abs().amax((1, 2)) / theta.abs().max()).median())
+    assert rel < 3.0 * 3 / math.sqrt(width), rel
+    assert float(((mean - nngp).abs() / tol).max()) > 2  # the same test rejects the NNGP

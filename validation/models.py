@@ -168,16 +168,6 @@ def conv_kernel(in_shape, channels=(32, 32), width=512, dense_layers=1, outputs=
     return paper_cnn(dense_layers + 1, W_std=_w_stds(shapes, init, sigma), convs=len(channels))
 
 
-def _conv_network(net: Network, in_shape, channels, width, dense_layers, outputs, init, sigma, seeds, stacked,
-                  dtype, weights):
-    kernel = conv_kernel(in_shape, channels, width, dense_layers, outputs, init, sigma)
-    Network.__init__(net, kernel, list(channels) + [width] * dense_layers, in_shape=tuple(in_shape),
-                     parameterization="standard", seeds=seeds, stacked=stacked, outputs=outputs, dtype=dtype,
-                     draw=weights is None)
-    if weights is not None:
-        net.load_weights(weights)
-
-
 class EnsembleConvNet(Network):
     """``k`` paper conv nets: valid 5x5 convs + ReLU, dense ReLU layers, linear output.
 
@@ -191,8 +181,12 @@ class EnsembleConvNet(Network):
                  weights: Sequence[torch.Tensor] | None = None):
         if k < 1:
             raise GpmarginError(f"ensemble size must be at least 1, got {k}")
-        _conv_network(self, in_shape, channels, width, dense_layers, outputs, init, sigma,
-                      [member_seed(seed, j) for j in range(k)], True, dtype, weights)
+        super().__init__(conv_kernel(in_shape, channels, width, dense_layers, outputs, init, sigma),
+                         list(channels) + [width] * dense_layers, in_shape=tuple(in_shape),
+                         parameterization="standard", seeds=[member_seed(seed, j) for j in range(k)],
+                         outputs=outputs, dtype=dtype, draw=weights is None)
+        if weights is not None:
+            self.load_weights(weights)
         self.k, self.n_conv = k, len(channels)
         self.config = dict(k=k, in_shape=list(in_shape), channels=list(channels), width=width,
                            dense_layers=dense_layers, outputs=outputs)
@@ -201,6 +195,7 @@ class EnsembleConvNet(Network):
 def init_conv_weights(seed: int, in_shape, channels=(32, 32), width=512, dense_layers=1, outputs=1,
                       init="gaussian", sigma=1.0, dtype=torch.float32) -> list[torch.Tensor]:
     """Initial weights of one conv net drawn from ``torch.Generator().manual_seed(seed)`` (CPU)."""
-    net = Network.__new__(Network)
-    _conv_network(net, in_shape, channels, width, dense_layers, outputs, init, sigma, [seed], False, dtype, None)
+    net = Network(conv_kernel(in_shape, channels, width, dense_layers, outputs, init, sigma),
+                  list(channels) + [width] * dense_layers, in_shape=tuple(in_shape), parameterization="standard",
+                  seeds=[seed], stacked=False, outputs=outputs, dtype=dtype)
     return [w.detach() for w in net.weights]

@@ -114,7 +114,7 @@ class ABRelu(Activation):
                 h = fl.h.relu_() if fl.fresh else torch.relu(fl.h)
             else:
                 h = F.leaky_relu(fl.h, slope, inplace=fl.fresh and slope > 0)
-            return Flow(h, fl.layout, fl.members, fl.times(b), True)
+            return Flow(h, fl.layout, fl.members, fl.times(b), False)  # relu saved its output
         h = fl.materialise().h
         return Flow(torch.where(h > 0, h * b, h * a), fl.layout, fl.members, {}, True)
 

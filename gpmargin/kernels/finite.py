@@ -94,7 +94,8 @@ class Flow:
              ``c * h``.  Positively homogeneous activations (``c relu(h) = relu(c h)``) and
              bias-free linear layers commute with it, so scale factors are applied once, to the
              small output, instead of in an elementwise pass over every hidden layer.
-    fresh : ``h`` is a temporary of this forward pass (in-place elementwise maps are safe).
+    fresh : ``h`` is a temporary of this forward pass that no backward pass has saved (a product's
+             output), so an in-place elementwise map is safe.
     """
 
     h: torch.Tensor
@@ -114,10 +115,10 @@ class Flow:
         return out
 
     def materialise(self) -> "Flow":
-        """Apply the pending factor to ``h`` (out of place unless ``h`` is a fresh temporary)."""
+        """Apply the pending factor to ``h`` (out of place: ``h`` may be saved for a backward pass)."""
         c = self.scale()
         if c != 1.0:
-            self.h = self.h.mul_(c) if self.fresh else self.h * c
+            self.h = self.h * c
             self.fresh = True
         self.factors = {}
         return self

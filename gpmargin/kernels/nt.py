@@ -72,6 +72,12 @@ class NeuralTangentsKernel:
         conv = lambda o: torch.from_numpy(np.array(o)).to(t1.device)  # noqa: E731
         return tuple(conv(o) for o in out) if isinstance(out, tuple) else conv(out)
 
+    def network(self, width, **_ignored):
+        """Not available: a bare ``kernel_fn`` carries no layers to build (raises)."""
+        raise GpmarginError(
+            "network(): a wrapped neural-tangents kernel_fn has no finite network to build; use the init_fn/apply_fn "
+            "that stax returned with it, or describe the network with gpmargin.kernels layers")
+
     def diag(self, x, get="nngp", **_ignored):
         t = as_input(x, "x")
         _, _, as_tuple = parse_get(get)
