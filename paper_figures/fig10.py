@@ -6,6 +6,8 @@ both (the GP conditioned on the random training labels predicts chance).  See
 
 from __future__ import annotations
 
+import functools
+
 from paper_figures import common as C, margin_sweeps as S
 from paper_figures.fig05 import SCALES as FIG5_SCALES
 
@@ -24,9 +26,9 @@ config = C.fixed_dataset_config(SCALES, NAME)
 
 
 def run(cfg, ctx):
-    out = {g: ctx.unit(g, lambda g=g: S.train_group(cfg, g, ctx.device)) for g in GROUPS}
-    out["gp"] = ctx.unit("gp", lambda: S.gp(cfg, ctx.device))
-    out["gp_random"] = ctx.unit("gp_random", lambda: S.gp(cfg, ctx.device, random_labels=True))
+    out = ctx.units({**{g: functools.partial(S.train_group, cfg, g) for g in GROUPS},
+                     "gp": functools.partial(S.gp, cfg),
+                     "gp_random": functools.partial(S.gp, cfg, random_labels=True)})
     return out
 
 

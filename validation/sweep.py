@@ -199,12 +199,14 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
     own = runner is None
     if own:
         runner = UnitRunner(execution, device)
-    here = runner.execution.scheduler is None and runner.cluster is None
-    dev = (device if isinstance(device, torch.device) else resolve_device(device)) if here else None
-    out = prepare_output(config, out, dev, runner.describe())
-    runs = out / "runs.jsonl"
-    h = config.config_hash()
     try:
+        here = runner.execution.scheduler is None and runner.cluster is None
+        if runner.execution.scheduler is not None:
+            runner.client(0)  # an unreachable --scheduler fails here, before anything is written
+        dev = (device if isinstance(device, torch.device) else resolve_device(device)) if here else None
+        out = prepare_output(config, out, dev, runner.describe())
+        runs = out / "runs.jsonl"
+        h = config.config_hash()
         with locked_folder(out, "sweep"):
             dropped = repair_jsonl(runs)
             if dropped:

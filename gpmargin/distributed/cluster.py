@@ -312,3 +312,36 @@ def dask_allowed_failures(n: int = ALLOWED_FAILURES) -> Iterator[None]:
 
     with dask.config.set({"distributed.scheduler.allowed-failures": n}):
         yield
+
+
+# ----------------------------------------------------------------------------- command line
+def parse_workers(value: Any) -> int | None:
+    """``--workers``: ``auto`` (or None) for :func:`default_workers`, or N >= 0 (0: in this process)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise GpmarginError(f"--workers must be auto or a non-negative integer (0: run in this process), got {value!r}")
+    return n
+
+
+def add_execution_arguments(parser) -> None:
+    """``--workers N`` and ``--scheduler ADDRESS`` (shared by ``gpmargin validate`` and ``gpmargin figure``)."""
+    g = parser.add_argument_group("where the units of work run (Dask)")
+    g.add_argument("--workers", default=None, metavar="N",
+                   help="local worker processes, one unit each at a time (default auto: one per GPU, else one "
+                        "per core); 0 runs every unit in this process")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on the existing Dask cluster at ADDRESS (e.g. tcp://HOST:8786, workers started with "
+                        "'dask worker ADDRESS'); excludes --workers")
+
+
+def execution_from_args(args) -> Execution:
+    """The :class:`Execution` named by ``--workers`` / ``--scheduler``."""
+    workers = parse_workers(args.workers)
+    if args.scheduler is not None and workers == 0:
+        raise GpmarginError("--workers 0 (in this process) and --scheduler exclude each other; use one")
+    return Execution(workers=workers, scheduler=args.scheduler)
