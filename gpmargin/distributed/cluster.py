@@ -149,35 +149,45 @@ def quiet_dask(level: int = logging.ERROR) -> Iterator[None]:
             lg.setLevel(lv)
 
 
+def worker_options(workers: int, gpus: int) -> list[dict[str, Any]]:
+    """Options of each local worker's nanny: one thread, this host only, no dashboard, an equal
+    share of RAM, and with ``gpus`` > 0 ``CUDA_VISIBLE_DEVICES=i mod gpus`` for worker ``i``."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // workers
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        memory = 0  # no limit
+    out = []
+    for i in range(workers):
+        opts: dict[str, Any] = {"nthreads": 1, "host": "127.0.0.1", "silence_logs": logging.ERROR,
+                                "dashboard": False, "memory_limit": memory}
+        if gpus:
+            opts["env"] = {"CUDA_VISIBLE_DEVICES": str(i % gpus)}
+        out.append(opts)
+    return out
+
+
 def local_cluster(workers: int, gpus: int | None = None):
-    """A ``SpecCluster`` of ``workers`` local worker processes (each under a nanny that restarts it),
-    one thread each, no dashboard; with ``gpus`` > 0 worker ``i`` gets ``CUDA_VISIBLE_DEVICES=i mod gpus``."""
+    """A ``SpecCluster`` of ``workers`` local worker processes, each under a nanny that restarts it
+    when it dies (options from :func:`worker_options`; GPUs detected when ``gpus`` is None)."""
     from distributed import Nanny, Scheduler, SpecCluster
 
     gpus = cuda_count() if gpus is None else gpus
-    per_worker_memory = None
-    try:
-        per_worker_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // workers
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        pass
-    specs = {}
-    for i in range(workers):
-        opts: dict[str, Any] = {"nthreads": 1, "host": "127.0.0.1", "silence_logs": logging.ERROR,
-                                "dashboard": False, "memory_limit": per_worker_memory or 0}
-        if gpus:
-            opts["env"] = {"CUDA_VISIBLE_DEVICES": str(i % gpus)}
-        specs[i] = {"cls": Nanny, "options": opts}
+    specs = {i: {"cls": Nanny, "options": o} for i, o in enumerate(worker_options(workers, gpus))}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False,
                                                "dashboard_address": None}}
-    with dask_allowed_failures():
-        return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR, name="gpmargin")
+    try:
+        with dask_allowed_failures():
+            return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR, name="gpmargin")
+    except RuntimeError as exc:  # workers are spawned: a script without a __main__ guard re-runs itself
+        raise GpmarginError(f"could not start {workers} local Dask worker process(es) ({exc}); in a script, put "
+                            "the code that runs sweeps under if __name__ == '__main__':") from exc
 
 
 def _probe_worker() -> dict[str, Any]:
     """Runs on a worker: which of :data:`PACKAGES` import, and from where.
 
-    Sent by value (cloudpickle pickles nested functions by value), so it runs even on a worker that
-    cannot import gpmargin; it must not reference module globals.
+    Sent by value (:func:`_by_value`), so it runs even on a worker that cannot import gpmargin;
+    it must not reference module globals.
     """
     import importlib
     import os as _os
@@ -279,7 +289,8 @@ def open_client(execution: Execution, cluster=None) -> Iterator[Any]:
 
 def slurm_cluster(jobs: int, cores: int = 1, memory: str = "8GB", gpus: int = 0, walltime: str = "04:00:00",
                   **kwargs: Any):
-    """A ``dask_jobqueue.SLURMCluster`` of ``jobs`` SLURM jobs, each one worker process with ``cores``
+    """A ``dask_jobqueue.SLURMCluster`` of ``jobs`` SLURM jobs (0: none submitted yet; call
+    ``cluster.scale(jobs=N)`` or ``cluster.adapt(...)`` later), each one worker process with ``cores``
     cores (one torch thread per unit, so ``cores=1`` on CPU), ``memory``, and ``gpus`` GPUs
     (``--gres=gpu:N``; one worker per job, so each worker owns its GPUs).
 
@@ -293,15 +304,16 @@ def slurm_cluster(jobs: int, cores: int = 1, memory: str = "8GB", gpus: int = 0,
         from dask_jobqueue import SLURMCluster
     except ImportError as exc:
         raise GpmarginError("slurm_cluster needs dask-jobqueue: pip install 'gpmargin[cluster]'") from exc
-    if jobs < 1:
-        raise GpmarginError(f"jobs must be a positive integer, got {jobs!r}")
+    if not isinstance(jobs, int) or jobs < 0:
+        raise GpmarginError(f"jobs must be a non-negative integer (0: submit none yet), got {jobs!r}")
     extra = list(kwargs.pop("job_extra_directives", []))
     if gpus:
         extra.append(f"--gres=gpu:{int(gpus)}")
     with dask_allowed_failures():
         cluster = SLURMCluster(cores=cores, processes=1, memory=memory, walltime=walltime,
                                job_extra_directives=extra, **kwargs)
-    cluster.scale(jobs=jobs)
+    if jobs:
+        cluster.scale(jobs=jobs)
     return cluster
 
 
