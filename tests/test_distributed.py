@@ -79,7 +79,8 @@ def test_distributed_sweep_equals_in_process(config, reference, cluster, tmp_pat
     assert len(recs) == len(ref) == len(sweep_units(config))
     # bit-identical: float fields compared with ==, as JSON text
     assert _by_unit(recs) == _by_unit(ref)
-    assert {r["execution"]["mode"] for r in recs} == {"dask"} and {r["execution"]["mode"] for r in ref} == {"in-process"}
+    assert {r["execution"]["mode"] for r in recs} == {"dask"}
+    assert {r["execution"]["mode"] for r in ref} == {"in-process"}
     assert all(r["device_info"]["torch_threads"] == 1 for r in recs + ref)
     assert len({r["execution"]["worker"] for r in recs}) == 2, "both workers ran units"
     # the execution is saved in config.json but not hashed: an in-process folder resumes on the cluster
@@ -194,12 +195,13 @@ def test_bad_scheduler_and_execution_options(tmp_path):
     assert r.stderr.startswith("error: no Dask scheduler answered at --scheduler tcp://127.0.0.1:9 within 2 s")
     assert time.perf_counter() - t0 < 60  # python + torch start-up, then the 2 s timeout
     assert not (tmp_path / "x").exists(), "nothing is written before the scheduler answers"
-    ns = lambda **kw: type("Args", (), {"workers": None, "scheduler": None, **kw})  # noqa: E731
+    ns = lambda **kw: type("Args", (), {"workers": None, "scheduler": None, "threads": 1, **kw})  # noqa: E731
     for kw, msg in (({"workers": "-1"}, "--workers must be auto or a non-negative integer"),
                     ({"workers": "two"}, "got 'two'"),
                     ({"workers": "2", "scheduler": "tcp://h:1"}, "exclude each other"),
                     ({"workers": "0", "scheduler": "tcp://h:1"}, "exclude each other"),
-                    ({"scheduler": " "}, "--scheduler must be an address")):
+                    ({"scheduler": " "}, "--scheduler must be an address"),
+                    ({"threads": 0}, "--threads \\(per unit\\) must be a positive integer")):
         with pytest.raises(GpmarginError, match=msg):
             execution_from_args(ns(**kw))
     assert execution_from_args(ns(workers="auto")).resolved_workers() >= 1

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 from typing import Any, Iterator
 
 from gpmargin.errors import GpmarginError
@@ -63,7 +64,7 @@ class Execution:
             raise GpmarginError(f"--workers {self.workers} and --scheduler {self.scheduler} exclude each other: "
                                 "the cluster at --scheduler has its own workers")
         if not isinstance(self.threads, int) or self.threads < 1:
-            raise GpmarginError(f"threads per unit must be a positive integer, got {self.threads!r}")
+            raise GpmarginError(f"--threads (per unit) must be a positive integer, got {self.threads!r}")
 
     @property
     def in_process(self) -> bool:
@@ -73,7 +74,7 @@ class Execution:
         """The number of local worker processes this execution starts (0 for in-process or a scheduler)."""
         if self.scheduler is not None:
             return 0
-        return default_workers() if self.workers is None else self.workers
+        return default_workers(self.threads) if self.workers is None else self.workers
 
     def describe(self) -> dict[str, Any]:
         """What goes into run metadata (never into a config hash: a run may resume elsewhere)."""
@@ -102,8 +103,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers() -> int:
-    """One worker per GPU when CUDA is present; else one per usable core, capped at one per 2 GiB.
+def default_workers(threads: int = 1) -> int:
+    """One worker per GPU when CUDA is present; else one per ``threads`` usable cores, capped at one
+    per 2 GiB of RAM.
 
     A unit is one training run (one batched ensemble) and runs single-threaded on a CPU worker, so
     one worker per core keeps every core busy without oversubscribing (two torch threads per unit
@@ -119,7 +121,7 @@ def default_workers() -> int:
     except (ValueError, OSError, AttributeError):  # pragma: no cover
         mem = None
     cap = max(1, mem // MIN_WORKER_MEMORY) if mem else usable_cores()
-    return max(1, min(usable_cores(), cap))
+    return max(1, min(usable_cores() // max(1, threads), cap))
 
 
 def connect_timeout() -> float:
@@ -240,7 +242,7 @@ def connect(address: str, timeout: float | None = None):
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise GpmarginError(f"no Dask scheduler answered at --scheduler {address} within {timeout:g} s; start one "
-                            "with 'dask scheduler' (and workers with 'dask worker ADDRESS') or fix the address") from exc
+                            "with 'dask scheduler' (workers with 'dask worker ADDRESS') or fix the address") from exc
     except (ValueError, TypeError) as exc:
         raise GpmarginError(f"--scheduler {address!r} is not a Dask scheduler address (e.g. tcp://HOST:8786): "
                             f"{exc}") from exc
@@ -249,7 +251,8 @@ def connect(address: str, timeout: float | None = None):
     except (OSError, TimeoutError) as exc:
         client.close()
         raise GpmarginError(f"the Dask scheduler at --scheduler {address} has no workers after {timeout:g} s; "
-                            f"start some with 'dask worker {address}'") from exc
+                            f"start some with 'dask worker {address}' (or set GPMARGIN_SCHEDULER_TIMEOUT to wait "
+                            "longer for queued batch jobs)") from exc
     return client
 
 
@@ -277,8 +280,10 @@ def open_client(execution: Execution, cluster=None) -> Iterator[Any]:
             owned = local_cluster(execution.resolved_workers())
             client = Client(owned, set_as_default=False)
         try:
-            if cluster is not None:
-                client.wait_for_workers(1, timeout=connect_timeout())
+            if cluster is not None:  # a batch-queue cluster: its first job may wait in the queue a while
+                print(f"waiting for the first worker of {type(cluster).__name__} at {cluster.scheduler_address}",
+                      file=sys.stderr, flush=True)
+                client.wait_for_workers(1)
             check_workers(client)
             yield client
         finally:
@@ -341,7 +346,8 @@ def parse_workers(value: Any) -> int | None:
 
 
 def add_execution_arguments(parser) -> None:
-    """``--workers N`` and ``--scheduler ADDRESS`` (shared by ``gpmargin validate`` and ``gpmargin figure``)."""
+    """``--workers N``, ``--scheduler ADDRESS`` and ``--threads T`` (shared by ``gpmargin validate`` and
+    ``gpmargin figure``)."""
     g = parser.add_argument_group("where the units of work run (Dask)")
     g.add_argument("--workers", default=None, metavar="N",
                    help="local worker processes, one unit each at a time (default auto: one per GPU, else one "
@@ -349,6 +355,9 @@ def add_execution_arguments(parser) -> None:
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on the existing Dask cluster at ADDRESS (e.g. tcp://HOST:8786, workers started with "
                         "'dask worker ADDRESS'); excludes --workers")
+    g.add_argument("--threads", type=int, default=1, metavar="T",
+                   help="torch/BLAS threads per unit (default 1); records are bit-identical across runs with the "
+                        "same T, whatever the number of workers")
 
 
 def execution_from_args(args) -> Execution:
@@ -356,4 +365,4 @@ def execution_from_args(args) -> Execution:
     workers = parse_workers(args.workers)
     if args.scheduler is not None and workers == 0:
         raise GpmarginError("--workers 0 (in this process) and --scheduler exclude each other; use one")
-    return Execution(workers=workers, scheduler=args.scheduler)
+    return Execution(workers=workers, scheduler=args.scheduler, threads=getattr(args, "threads", 1))
