@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--seed must be non-negative, got {args.seed}")
         config = config.with_seed(args.seed)
     execution = execution_from_args(args)
-    device = resolve_device(args.device)
+    # units resolve --device where they run; the comparison (GP predictions) runs here
+    device = resolve_device(args.device if execution.scheduler is None else "auto")
     t0 = time.perf_counter()
     task = load_task(config)
     records = run_sweep(config, args.out, args.device, progress=not args.no_progress, task=task,
