@@ -15,6 +15,8 @@ plus the randomly labelled attack images.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from paper_figures import common as C
@@ -61,10 +63,10 @@ def _gp(cfg, device) -> dict:
 
 
 def run(cfg: dict, ctx, gp: bool = False) -> dict:
-    res = {w: ctx.unit(w, lambda w=w: _train(cfg, w, ctx.device)) for w in ("control", "attacked")}
-    out = {"control": res["control"], "attacked": res["attacked"]}
+    fns = {w: functools.partial(_train, cfg, w) for w in ("control", "attacked")}
     if gp:
-        out["gp"] = ctx.unit("gp", lambda: _gp(cfg, ctx.device))
+        fns["gp"] = functools.partial(_gp, cfg)
+    out = ctx.units(fns)
     if cfg["keep_margins"]:
         allv = np.concatenate([out[w]["nets"][0]["clean_margins"] for w in ("control", "attacked")])
         edges = np.linspace(float(allv.min()), float(allv.max()), cfg["bins"] + 1)

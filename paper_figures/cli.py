@@ -1,10 +1,12 @@
-"""``gpmargin figure figN --scale smoke|quick|paper --out DIR [--device ...] [--dataset NAME]``
+"""``gpmargin figure figN --scale smoke|quick|paper --out DIR [--device ...] [--dataset NAME]
+[--workers N | --scheduler ADDRESS]``
 and ``gpmargin figure list``."""
 
 from __future__ import annotations
 
 import argparse
 
+from gpmargin.distributed.cluster import add_execution_arguments
 from paper_figures import FIGURES, SCALES
 
 
@@ -23,6 +25,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None,
                    help="dataset for figures that take one (fig9: cifar10 at paper scale, fashion_mnist otherwise)")
     p.add_argument("--quiet", action="store_true", help="do not print progress")
+    add_execution_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -41,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
         raise GpmarginError(f"unknown scale {args.scale!r}: use one of {', '.join(SCALES)}")
     if not args.out:
         raise GpmarginError("--out DIR is required (the folder for figN.png, figN.json and runs.jsonl)")
+    from gpmargin.distributed.cluster import execution_from_args
     from paper_figures.runner import run_figure
 
     payload = run_figure(args.name, args.scale, args.out, device=args.device, dataset=args.dataset,
-                         progress=not args.quiet)
+                         progress=not args.quiet, execution=execution_from_args(args))
     held = sum(c["holds"] for c in payload["claims"].values())
     print(f"{payload['figure']} ({args.scale}): wrote {payload['png']} and .json in {payload['wall_s']:.1f} s "
           f"({len(payload['units']['run'])} unit(s) run, {len(payload['units']['reused'])} reused); "

@@ -12,6 +12,8 @@ by 0.99 per step (so that the nets at small alpha fit their targets), 6-8 nets p
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from paper_figures import common as C, margin_sweeps as S
@@ -43,8 +45,8 @@ config = C.fixed_dataset_config(SCALES, NAME)
 
 
 def run(cfg, ctx):
-    out = {g: ctx.unit(g, lambda g=g: S.train_group(cfg, g, ctx.device)) for g in GROUPS}
-    out["gp"] = ctx.unit("gp", lambda: S.gp(cfg, ctx.device))
+    out = ctx.units({**{g: functools.partial(S.train_group, cfg, g) for g in GROUPS},
+                      "gp": functools.partial(S.gp, cfg)})
     th = cfg["min_train_accuracy"]
     out["gaps"] = ctx.unit("gaps", lambda: {g: S.gaps(cfg, out[g], ctx.device, th) for g in ("sgd_alpha", "nero_alpha")})
     return out

@@ -14,6 +14,7 @@ validation's (paper: depth 5, width 2048, 1000 images, 20 margins in logspace(-3
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def _sweep(cfg, ctx) -> dict:
 
     exp = _experiment(cfg)
     task = load_task(exp)
-    records = run_sweep(exp, ctx.out / "sweep", ctx.device, progress=ctx.progress, task=task)
+    records = run_sweep(exp, ctx.out / "sweep", ctx.device, progress=ctx.progress, task=task, runner=ctx.runner)
     if not records_complete(exp, records):
         raise ValueError("fig6 sweep incomplete; rerun the same command to resume")
     meas = measured_accuracy(exp, records)
@@ -62,14 +63,14 @@ def _sweep(cfg, ctx) -> dict:
             "units": len(records), "data": C.data_info(task)}
 
 
-def _gp(cfg, ctx) -> dict:
+def _gp(cfg, device) -> dict:
     from validation.compare import predicted_accuracy
     from validation.sweep import load_task
 
     exp = _experiment(cfg)
     task = load_task(exp)
     grid = sorted(set(float(m) for m in cfg["gp_margins"]) | set(float(m) for m in exp.margins))
-    pred = predicted_accuracy(dataclasses.replace(exp, margins=tuple(grid)), task, ctx.device)
+    pred = predicted_accuracy(dataclasses.replace(exp, margins=tuple(grid)), task, device)
     return {"margins": grid, "ensembles": list(exp.ensembles), **{k: v.tolist() for k, v in pred.items()}}
 
 
@@ -88,8 +89,8 @@ def run(cfg, ctx):
     from validation.compare import columns, comparison_rows
 
     exp = _experiment(cfg)
-    sweep = ctx.unit("sweep", lambda: _sweep(cfg, ctx))
-    gp = ctx.unit("gp", lambda: _gp(cfg, ctx))
+    sweep = ctx.unit("sweep", lambda: _sweep(cfg, ctx))  # drives the sweep's own units from here
+    gp = ctx.units({"gp": functools.partial(_gp, cfg)})["gp"]
     # comparison at the trained margins (validation's rows and gap statistics)
     idx = [gp["margins"].index(float(m)) for m in exp.margins]
     pred = {col: np.asarray(gp[col])[:, idx] for col in columns(exp)}

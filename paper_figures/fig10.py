@@ -8,6 +8,8 @@ NTK) is drawn beside it, and every prediction's gap statistics against the nets 
 
 from __future__ import annotations
 
+import functools
+
 from paper_figures import common as C, margin_sweeps as S
 from paper_figures.fig05 import SCALES as FIG5_SCALES
 
@@ -26,9 +28,9 @@ config = C.fixed_dataset_config(SCALES, NAME)
 
 
 def run(cfg, ctx):
-    out = {g: ctx.unit(g, lambda g=g: S.train_group(cfg, g, ctx.device)) for g in GROUPS}
-    out["gp"] = ctx.unit("gp", lambda: S.gp(cfg, ctx.device))
-    out["gp_random"] = ctx.unit("gp_random", lambda: S.gp(cfg, ctx.device, random_labels=True))
+    out = ctx.units({**{g: functools.partial(S.train_group, cfg, g) for g in GROUPS},
+                     "gp": functools.partial(S.gp, cfg),
+                     "gp_random": functools.partial(S.gp, cfg, random_labels=True)})
     out["gaps"] = ctx.unit("gaps", lambda: {g: S.gaps(cfg, out[g], ctx.device, random_labels=g.endswith("_random"))
                                             for g in GROUPS})
     return out

@@ -15,15 +15,16 @@ reference matrices (plotted) and with zero reference matrices (saved in the JSON
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from paper_figures import common as C
 
 
 def run(cfg: dict, ctx) -> dict:
-    results: dict = {"nets": {}}
-    for label in ("true", "random"):
-        results["nets"][label] = ctx.unit(label, lambda label=label: _train_one(cfg, label, ctx.device))
+    results: dict = {"nets": ctx.units({label: functools.partial(_train_one, cfg, label)
+                                        for label in ("true", "random")})}
     nets = results["nets"]
     for key, field in (("raw", "train_margins"), ("normalized", "normalized_margins_init_ref"),
                        ("normalized_zero_ref", "normalized_margins_zero_ref")):

@@ -26,6 +26,7 @@ saved too).  The acceptance rates of the GP and of the finite nets are saved sid
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -184,15 +185,19 @@ def run_gp(cfg: dict, task_name: str, seed: int, device) -> dict:
 
 
 def run(cfg: dict, ctx) -> dict:
+    fns = {}
+    for task_name in cfg["tasks"]:
+        for seed in cfg["data_seeds"]:
+            for w in cfg["widths"]:
+                fns[f"{task_name}/seed{seed}/width{w}"] = functools.partial(run_width, cfg, task_name, seed, w)
+            fns[f"{task_name}/seed{seed}/gp"] = functools.partial(run_gp, cfg, task_name, seed)
+    res = ctx.units(fns)
     panels = []
     for task_name in cfg["tasks"]:
         for seed in cfg["data_seeds"]:
-            widths = [ctx.unit(f"{task_name}/seed{seed}/width{w}",
-                               lambda w=w, tn=task_name, sd=seed: run_width(cfg, tn, sd, w, ctx.device))
-                      for w in cfg["widths"]]
-            gp = ctx.unit(f"{task_name}/seed{seed}/gp", lambda tn=task_name, sd=seed: run_gp(cfg, tn, sd, ctx.device))
             panels.append({"task": task_name, "seed": seed, "pair": pair_name(cfg["dataset"], task_name),
-                           "widths": widths, "gp": gp})
+                           "widths": [res[f"{task_name}/seed{seed}/width{w}"] for w in cfg["widths"]],
+                           "gp": res[f"{task_name}/seed{seed}/gp"]})
     return {"panels": panels}
 
 

@@ -165,7 +165,7 @@ def test_resume_after_sigkill(mnist_test, tmp_path):
     runs = out / "runs.jsonl"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "gpmargin", "validate", "fig6", "--scale", "smoke", "--out", str(out),
-           "--device", "cpu", "--no-compare", "--no-progress"]
+           "--device", "cpu", "--no-compare", "--no-progress", "--workers", "0"]  # Dask: test_distributed.py
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
@@ -181,7 +181,7 @@ def test_resume_after_sigkill(mnist_test, tmp_path):
     with open(runs, "ab") as fh:  # a torn line as a kill in the middle of a write would leave
         fh.write(b'{"config_hash": "abc", "margin": 0.3, "se')
     r = _cli("validate", "fig6", "--scale", "smoke", "--out", str(out), "--device", "cpu", "--no-compare",
-             "--no-progress")
+             "--no-progress", "--workers", "0")
     assert r.returncode == 0, r.stderr
     raw = runs.read_bytes()
     assert raw.startswith(before)  # finished units were kept, not redone
@@ -257,6 +257,7 @@ def test_config_overrides():
 def test_cli_set_overrides(mnist_test, tmp_path):
     out = tmp_path / "run"
     args = ("validate", "fig6", "--scale", "smoke", "--out", str(out), "--device", "cpu", "--no-progress",
+            "--workers", "0",
             "--set", "width=16", "--set", "members=2", "--set", "ensembles=1,2", "--set", "margins=0.1,3",
             "--set", "steps=20")
     r = _cli(*args)

@@ -1,4 +1,5 @@
-"""``gpmargin validate EXPERIMENT --scale quick|paper --out DIR [--device ...] [--seed N] [--set K=V]``.
+"""``gpmargin validate EXPERIMENT --scale quick|paper --out DIR [--device ...] [--seed N] [--set K=V]
+[--workers N | --scheduler ADDRESS]``.
 
 Runs (or resumes) the experiment's sweep into ``DIR/runs.jsonl``, then compares the measured
 accuracies with the NNGP predictions (``DIR/comparison.{csv,png,json}``).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from gpmargin.distributed.cluster import add_execution_arguments
 from validation.experiments import EXPERIMENTS, SCALES
 
 
@@ -30,11 +32,13 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "--set margins=1e-3:1e1:7 (repeatable; recorded in config.json and the plot title)")
     p.add_argument("--no-compare", action="store_true", help="only run the sweep")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_execution_arguments(p)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from gpmargin.distributed.cluster import execution_from_args
     from validation.compare import compare
     from validation.experiments import get_experiment
     from validation.sweep import load_task, records_complete, resolve_device, run_sweep
@@ -46,10 +50,13 @@ def run(args: argparse.Namespace) -> int:
         if args.seed < 0:
             raise ValueError(f"--seed must be non-negative, got {args.seed}")
         config = config.with_seed(args.seed)
-    device = resolve_device(args.device)
+    execution = execution_from_args(args)
+    # units resolve --device where they run; the comparison (GP predictions) runs here
+    device = resolve_device(args.device if execution.scheduler is None else "auto")
     t0 = time.perf_counter()
     task = load_task(config)
-    records = run_sweep(config, args.out, device, progress=not args.no_progress, task=task)
+    records = run_sweep(config, args.out, args.device, progress=not args.no_progress, task=task,
+                        execution=execution)
     print(f"sweep: {len(records)} unit(s) in {args.out}/runs.jsonl ({time.perf_counter() - t0:.1f} s this run)")
     if not records_complete(config, records):
         raise ValueError("sweep incomplete; rerun the same command to resume")

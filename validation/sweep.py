@@ -6,6 +6,10 @@ Output folder layout::
     DIR/runs.jsonl      one line per finished unit (margin x seed), appended atomically
     DIR/.lock           held (flock) while a sweep runs in DIR
 
+The units run through :class:`gpmargin.distributed.UnitRunner`: in this process (``workers=0``)
+or on Dask workers; either way each record is appended here, by the client, as its unit finishes,
+and the records are the same bit for bit (every unit runs with the same torch thread count).
+
 A rerun with the same DIR and config skips finished units, so a sweep killed at any moment
 (SIGKILL included) resumes to the same complete set.  A torn last line left by a kill is cut
 off before anything is appended (so it can never be glued to the next record); a folder
@@ -14,6 +18,7 @@ holding another config's results is refused.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -32,7 +37,6 @@ from gpmargin.io import (
     read_jsonl,
     repair_jsonl,
     resolve_device,
-    run_metadata,
 )
 from validation.experiments import ExperimentConfig
 from validation.models import effective_weights, member_seed, sweep_network
@@ -56,9 +60,14 @@ def _t(a: Any, device, dtype=None) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- output folder
-def prepare_output(config: ExperimentConfig, out: str | os.PathLike, device: torch.device | None = None) -> Path:
-    """Create ``out`` with ``config.json``, or check that it holds this config's results."""
-    return prepare_results_folder(out, config.config_hash(), {"config": config.to_dict()}, "sweep", device)
+def prepare_output(config: ExperimentConfig, out: str | os.PathLike, device: torch.device | None = None,
+                   execution: dict | None = None) -> Path:
+    """Create ``out`` with ``config.json``, or check that it holds this config's results.
+
+    ``execution`` (where the units run) is saved beside the config but is not part of its hash,
+    so a sweep started in one process may be resumed on a cluster and vice versa."""
+    record = {"config": config.to_dict(), **({"execution": execution} if execution else {})}
+    return prepare_results_folder(out, config.config_hash(), record, "sweep", device)
 
 
 def unit_key(margin: float, seed: int) -> tuple[str, int]:
@@ -158,38 +167,86 @@ def sweep_units(config: ExperimentConfig) -> list[tuple[int, float, int]]:
     return [(i, float(m), int(s)) for s in config.seeds for i, m in enumerate(config.margins)]
 
 
-def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | torch.device = "auto",
-              progress: bool = True, task=None) -> list[dict]:
-    """Run (or resume) the sweep of ``config`` into ``out``; returns all records of this config."""
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    out = prepare_output(config, out, dev)
-    runs = out / "runs.jsonl"
-    h = config.config_hash()
-    with locked_folder(out, "sweep"):
-        dropped = repair_jsonl(runs)
-        if dropped:
-            print(f"note: removed {dropped} incomplete line(s) from {runs} left by an interrupted run")
-        done = {unit_key(r["margin"], r["seed"]) for r in read_jsonl(runs)}
-        todo = [u for u in sweep_units(config) if unit_key(u[1], u[2]) not in done]
-        if todo:
-            if task is None:
-                task = load_task(config)
-            from tqdm import tqdm
+_TASKS: dict[tuple, Any] = {}
 
-            total = len(sweep_units(config))
-            bar = tqdm(total=total, initial=total - len(todo), disable=not progress,
-                       desc=f"{config.name}/{config.scale}", unit="unit")
-            meta = run_metadata(dev)
-            for i, margin, seed in todo:
-                t0 = time.perf_counter()
-                rec = run_unit(config, task, margin, seed, dev)
-                rec = {"config_hash": h, "experiment": config.name, "scale": config.scale, "margin_index": i,
-                       **rec, "device": str(dev), "versions": meta["versions"], "device_info": meta["device"],
-                       "wall_s": time.perf_counter() - t0}
-                append_jsonl(runs, rec)
-                bar.set_postfix(margin=f"{margin:.3g}", seed=seed, gibbs=f"{rec['gibbs_test_accuracy']:.3f}")
-                bar.update(1)
-            bar.close()
+
+def _task_key(config: ExperimentConfig) -> tuple:
+    return (config.dataset, config.task, config.n_train, config.n_test, config.data_seed, config.carve_from)
+
+
+def cached_task(config: ExperimentConfig):
+    """:func:`load_task` once per process (a worker keeps the split for all its units)."""
+    key = _task_key(config)
+    if key not in _TASKS:
+        if len(_TASKS) >= 2:  # a long-lived worker serving many sweeps keeps the latest two splits
+            _TASKS.clear()
+        _TASKS[key] = load_task(config)
+    return _TASKS[key]
+
+
+def sweep_unit(config: ExperimentConfig, margin: float, seed: int, device: torch.device) -> dict[str, Any]:
+    """One unit of the sweep where it runs (in this process or on a worker): :func:`run_unit` on
+    the cached data split."""
+    return run_unit(config, cached_task(config), margin, seed, device)
+
+
+def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | torch.device = "auto",
+              progress: bool = True, task=None, execution=None, runner=None) -> list[dict]:
+    """Run (or resume) the sweep of ``config`` into ``out``; returns all records of this config.
+
+    ``execution`` (:class:`gpmargin.distributed.Execution`, default in this process) or an open
+    ``runner`` (:class:`gpmargin.distributed.UnitRunner`, shared with other work) says where the
+    units run; the records do not depend on it.  ``task``: ``load_task(config)`` if the caller has
+    it already (saves loading it again in this process).  Each finished unit is appended to
+    ``runs.jsonl`` here, in the client, as it arrives.
+    """
+    from gpmargin.distributed import UnitRunner
+
+    own = runner is None
+    if own:
+        runner = UnitRunner(execution, device)
+    try:
+        here = runner.execution.scheduler is None and runner.cluster is None
+        if runner.execution.scheduler is not None:
+            runner.client(0)  # an unreachable --scheduler fails here, before anything is written
+        dev = (device if isinstance(device, torch.device) else resolve_device(device)) if here else None
+        out = prepare_output(config, out, dev, runner.describe())
+        runs = out / "runs.jsonl"
+        h = config.config_hash()
+        with locked_folder(out, "sweep"):
+            dropped = repair_jsonl(runs)
+            if dropped:
+                print(f"note: removed {dropped} incomplete line(s) from {runs} left by an interrupted run")
+            done = {unit_key(r["margin"], r["seed"]) for r in read_jsonl(runs)}
+            todo = [u for u in sweep_units(config) if unit_key(u[1], u[2]) not in done]
+            if todo:
+                if task is not None:
+                    _TASKS[_task_key(config)] = task
+                from tqdm import tqdm
+
+                total = len(sweep_units(config))
+                bar = tqdm(total=total, initial=total - len(todo), disable=not progress,
+                           desc=f"{config.name}/{config.scale}", unit="unit")
+                index = {f"margin={m!r},seed={s}": (i, m, s) for i, m, s in todo}
+
+                def finished(key: str, rec: dict, meta: dict) -> None:
+                    i, margin, seed = index[key]
+                    rec = {"config_hash": h, "experiment": config.name, "scale": config.scale, "margin_index": i,
+                           **rec, "device": meta["device"], "versions": meta["versions"],
+                           "device_info": meta["device_info"], "execution": meta["execution"],
+                           "wall_s": meta["wall_s"]}
+                    append_jsonl(runs, rec)
+                    bar.set_postfix(margin=f"{margin:.3g}", seed=seed, gibbs=f"{rec['gibbs_test_accuracy']:.3f}")
+                    bar.update(1)
+
+                units = {key: functools.partial(sweep_unit, config, m, s) for key, (_, m, s) in index.items()}
+                try:
+                    runner.run(units, finished, label=f"{config.name}-{config.scale}")
+                finally:
+                    bar.close()
+    finally:
+        if own:
+            runner.close()
     return [r for r in read_jsonl(runs) if r.get("config_hash") == h]
 
 
