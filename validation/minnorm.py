@@ -77,7 +77,8 @@ class Minnorm(Optimizer):
     Parameters
     ----------
     params: parameters or groups (a group may set ``penalize=False``).
-    n_constraints: number of training examples (the multipliers are indexed by example).
+    n_constraints: number of training examples (the multipliers are indexed by example); ``None``:
+        the number of examples of the first :meth:`lagrangian` call (full-batch training).
     constraint: ``"classification"`` (``y f >= alpha``, ``lambda >= 0``) or ``"regression"`` (``f = T``).
     lr: step size of the weights (passed to the inner optimiser).
     multiplier_lr: step size ``eta_lambda`` of the multipliers' ascent.
@@ -94,7 +95,7 @@ class Minnorm(Optimizer):
     batch_dims: 1 for stacked ensembles (leading dimension indexes networks), else 0.
     """
 
-    def __init__(self, params: Iterable, n_constraints: int, *, constraint: str = "classification",
+    def __init__(self, params: Iterable, n_constraints: int | None = None, *, constraint: str = "classification",
                  lr: float = 0.01, multiplier_lr: float = 0.01, norm: str = "plain",
                  norm_weight: float = 1.0, penalty: float = 0.0, optimizer: str | type = "sgd", batch_dims: int = 0,
                  **optimizer_kwargs) -> None:
@@ -107,7 +108,7 @@ class Minnorm(Optimizer):
             raise GpmarginError(f"Minnorm constraint={constraint!r}: use one of {', '.join(CONSTRAINTS)}")
         if norm not in NORMS:
             raise GpmarginError(f"Minnorm norm={norm!r}: use one of {', '.join(NORMS)}")
-        if not (isinstance(n_constraints, int) and n_constraints >= 1):
+        if n_constraints is not None and not (isinstance(n_constraints, int) and n_constraints >= 1):
             raise GpmarginError(f"Minnorm n_constraints must be a positive integer, got {n_constraints!r}")
         if batch_dims not in (0, 1):
             raise GpmarginError(f"Minnorm batch_dims must be 0 or 1, got {batch_dims}")
@@ -149,6 +150,10 @@ class Minnorm(Optimizer):
         Records the constraint values for the multiplier step of the next :meth:`step`."""
         c = constraint_values(outputs, targets, self.constraint)
         n_b = c.shape[self.batch_dims]
+        if self.n_constraints is None and index is None:
+            self.n_constraints = n_b
+        if self.n_constraints is None:
+            raise GpmarginError("Minnorm with minibatches (index=) needs n_constraints, the training-set size")
         if index is None and n_b != self.n_constraints:
             raise GpmarginError(f"Minnorm got {n_b} examples without index=, but n_constraints={self.n_constraints}")
         if self.multipliers is None:
