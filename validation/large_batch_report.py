@@ -80,7 +80,7 @@ def _plot(config, rows, records, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    names = [r["arm"].replace("large+", "large\n+").replace("+", "+") for r in rows]
+    names = [r["arm"].replace("+", "\n+") for r in rows]
     xs = np.arange(len(rows))
     ax = axes[0]
     ax.bar(xs - 0.2, [r["train_accuracy"] for r in rows], 0.4, label="train", color="0.75")
@@ -107,12 +107,12 @@ def _plot(config, rows, records, path) -> None:
             d = r["distance"]
             fit = d["fit"]
             lab = f"{arm} (B={r['settings']['batch_size']})" + (f", {fit['better']} law" if fit else "")
-            ax.plot(d["iterations"], d["distance"], "-", color=f"C{i}", label=lab if r["seed"] == config.seeds[0]
-                    else None)
+            ax.plot(d["iterations"], d["distance"], "-", color=f"C{i}", lw=2.5 - 0.4 * i,
+                    label=lab if r["seed"] == config.seeds[0] else None)
     ax.set_xscale("log")
     ax.set_xlabel("iteration t (log scale)")
     ax.set_ylabel("‖w_t − w_0‖")
-    ax.set_title("(c) distance from initialisation")
+    ax.set_title("(c) distance from initialisation\n(large-batch arms share their first steps)", fontsize=10)
     ax.legend(fontsize=7)
     fig.suptitle(f"large_batch ({config.scale}): {config.dataset}, {config.n_train} training images"
                  f"{' (a subset)' if config.n_train < 60000 else ''}, F1 MLP ({config.depth - 1}×{config.width} + BN), "

@@ -52,7 +52,7 @@ class MinnormConfig(ExperimentConfig):
     arm: str = ""  # set on the per-arm copy a unit trains with (empty in the experiment's config)
     minnorm_lr: float = 1e-3
     multiplier_lr: float = 0.01
-    sgd_lr: float = 0.003
+    sgd_lr: float = 0.001
     early_tol: float = 0.5
     weight_decay: float = 0.1
 
@@ -106,15 +106,29 @@ def minnorm_unit(config: MinnormConfig, task, unit: dict[str, Any], device) -> d
     """One (arm, margin, seed): the arm's ensemble trained and measured by ``run_unit``."""
     from validation.sweep import run_unit
 
-    return run_unit(config.arm_config(unit["arm"]), task, unit["margin"], unit["seed"], device)
+    rec = run_unit(config.arm_config(unit["arm"]), task, unit["margin"], unit["seed"], device)
+    for m in rec["members"]:  # a diverged SGD net (non-finite outputs) is recorded as such, not as NaN
+        m["diverged"] = not math.isfinite(m["relative_error"])
+    return _finite(rec)
+
+
+def _finite(v):
+    """``v`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
 
 
 def minnorm(scale: str) -> MinnormConfig:
     """The ``minnorm`` experiment at ``scale`` (fig6's data, depth and Nero schedule).
 
     ``paper``: fig6's width 2048 and 20 margins, 8 networks per unit, 3 seeds; ``quick``: width
-    64, 3 of fig6's margins (``1e-3, 0.1, 10``), 200 steps, 2 networks per unit (a few minutes on
-    2 idle cores); ``smoke``: tests.
+    32, 3 of fig6's margins (0.0215, 0.464, 10), 500 steps, 2 networks per unit (sized for a
+    heavily shared 2-core CPU); ``smoke``: tests.
     """
     common = dict(name="minnorm", dataset="mnist", task="parity", depth=5, optimizer="nero", loss="norm",
                   lr=0.01, decay=0.99)
@@ -122,8 +136,8 @@ def minnorm(scale: str) -> MinnormConfig:
         return MinnormConfig(scale="paper", n_train=1000, n_test=9000, width=2048, steps=500,
                              margins=_logspace(-3, 1, 20), seeds=(0, 1, 2), members=8, ensembles=(1,), **common)
     if scale == "quick":
-        return MinnormConfig(scale="quick", n_train=1000, n_test=9000, width=64, steps=200,
-                             margins=_logspace(-3, 1, 3), seeds=(0,), members=2, ensembles=(1,), **common)
+        return MinnormConfig(scale="quick", n_train=1000, n_test=9000, width=32, steps=500,
+                             margins=_logspace(-3, 1, 7)[2::2], seeds=(0,), members=2, ensembles=(1,), **common)
     if scale == "smoke":
         common.update(depth=3)
         return MinnormConfig(scale="smoke", n_train=200, n_test=1000, width=32, steps=60, margins=(0.1, 3.0),
@@ -142,6 +156,11 @@ def network_rows(config: MinnormConfig, records: list[dict]) -> list[dict[str, A
     rows = []
     for r in records:
         for m in r["members"]:
+            if m.get("diverged") or m.get("frobenius_normalized_margin") is None:
+                rows.append({"arm": r["arm"], "margin": r["margin"], "seed": r["seed"], "member": m["member"],
+                             "test_accuracy": m.get("test_accuracy"), "diverged": True,
+                             "frobenius_normalized_margin": None, "spectrally_normalized_margin": None})
+                continue
             rows.append({"arm": r["arm"], "margin": r["margin"], "seed": r["seed"], "member": m["member"],
                          "test_accuracy": m["test_accuracy"], "train_accuracy": m["train_accuracy"],
                          "min_train_margin": m["train_margin"]["min"],
@@ -165,7 +184,7 @@ def compare_minnorm(config: MinnormConfig, out, records: list[dict], task=None, 
         task = load_task(config)
     rows = network_rows(config, records)
     scale = nero_norm_product(config)
-    fit = [r for r in rows if r["frobenius_normalized_margin"] > 0]
+    fit = [r for r in rows if (r["frobenius_normalized_margin"] or 0) > 0]
     alphas = [r["frobenius_normalized_margin"] * scale for r in fit]
     lo, hi = min(alphas + list(config.margins)), max(alphas + list(config.margins))
     grid = list(np.logspace(np.log10(lo), np.log10(hi), 40))
@@ -183,18 +202,21 @@ def compare_minnorm(config: MinnormConfig, out, records: list[dict], task=None, 
         fa = [r for r in ra if "gp_accuracy" in r]
         summary_arms[arm] = {
             "networks": len(ra), "with_positive_margin": len(fa),
-            "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in ra])) if ra else None,
+            "diverged": sum(1 for r in ra if r.get("diverged")),
+            "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in ra if r["test_accuracy"] is not None]))
+            if ra else None,
             "mean_abs_gap_nn_minus_gp": float(np.mean([abs(r["test_accuracy"] - r["gp_accuracy"]) for r in fa]))
             if fa else None,
             "mean_signed_gap_nn_minus_gp": float(np.mean([r["test_accuracy"] - r["gp_accuracy"] for r in fa]))
             if fa else None,
             "median_frobenius_normalized_margin": float(np.median([r["frobenius_normalized_margin"] for r in fa]))
             if fa else None,
-            "median_spectrally_normalized_margin": float(np.median([r["spectrally_normalized_margin"] for r in fa]))
+            "median_spectrally_normalized_margin": float(np.median([r["spectrally_normalized_margin"] for r in fa
+                                                                    if r["spectrally_normalized_margin"]]))
             if fa else None}
     cols = ["arm", "margin", "seed", "member", "test_accuracy", "train_accuracy", "min_train_margin",
             "frobenius_normalized_margin", "spectrally_normalized_margin", "frobenius_norm_product",
-            "gp_margin_alpha", "gp_accuracy", "gp_constrained_accuracy", "support_vectors"]
+            "gp_margin_alpha", "gp_accuracy", "gp_constrained_accuracy", "support_vectors", "diverged"]
     lines = [",".join(cols)] + [",".join("" if r.get(c) is None else str(r.get(c)) for c in cols) for r in rows]
     atomic_write_text(out / "comparison.csv", "\n".join(lines) + "\n")
     _plot(config, rows, curve, scale, summary_arms, out / "comparison.png")
@@ -247,10 +269,10 @@ def _plot(config, rows, curve, scale, summary_arms, path) -> None:
     axes[0].set_ylabel("test accuracy")
     axes[0].legend(fontsize=7, loc="lower right", title="filled: trained net; open: NNGP at its margin",
                    title_fontsize=7)
-    dropped = sum(1 for r in rows if "gp_accuracy" not in r)
+    dropped = sum(1 for r in rows if "gp_accuracy" not in r)  # non-positive margin or diverged
     fig.suptitle(f"minnorm ({config.scale}): {config.dataset} {config.task}, n_train={config.n_train}, depth "
                  f"{config.depth}, width {config.width}, {config.members} nets × {len(config.margins)} margins per arm"
-                 + (f"; {dropped} nets with a non-positive margin not drawn" if dropped else ""), fontsize=9)
+                 + (f"; {dropped} nets with a non-positive margin (or diverged) not drawn" if dropped else ""), fontsize=9)
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
