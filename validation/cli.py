@@ -20,7 +20,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "measure them, and compare their test accuracy with NNGP predictions. "
                     "Resumable: rerun with the same --out to finish an interrupted sweep.")
     p.add_argument("experiment", help="experiment name: fig6 (Nero at controlled margins vs the NNGP), "
-                   "minnorm (Minnorm vs Nero vs SGD with early stopping / weight decay, accuracy against "
+                   "gd (gradient descent vs its NTK theory), minnorm (Minnorm vs Nero vs SGD with early stopping / weight decay, accuracy against "
                    "normalized margins with the NNGP at each net's margin), large_batch (Fashion-MNIST F1 net: "
                    "small vs large batch and the remedies ghost BN, sqrt lr, regime adaptation; distance from init)")
     p.add_argument("--scale", default="quick", help=f"one of {', '.join(SCALES)} (default quick)")
