@@ -121,11 +121,11 @@ class ExperimentConfig:
 
         return margin_unit
 
-    def compare(self, out, records: list[dict], task=None, device=None) -> dict[str, Any]:
+    def compare(self, out, records: list[dict], task=None, device=None, verbose: bool = True) -> dict[str, Any]:
         """Write the comparison files in ``out`` (here: ``validation.compare.compare``)."""
         from validation.compare import compare
 
-        return compare(self, out, records, task=task, device=device)
+        return compare(self, out, records, task=task, device=device, verbose=verbose)
 
     def config_hash(self) -> str:
         """SHA-256 (first 16 hex digits) of the canonical JSON of the config."""

@@ -170,10 +170,10 @@ class LargeBatchConfig(ExperimentConfig):
     def unit_function(self) -> Callable:
         return large_batch_unit
 
-    def compare(self, out, records, task=None, device=None) -> dict[str, Any]:
+    def compare(self, out, records, task=None, device=None, verbose: bool = True) -> dict[str, Any]:
         from validation.large_batch_report import compare_large_batch
 
-        return compare_large_batch(self, out, records, task=task, device=device)
+        return compare_large_batch(self, out, records, task=task, device=device, verbose=verbose)
 
     def arm_settings(self, arm: str) -> dict[str, Any]:
         """Batch, ghost batch, learning rate, epochs and milestones of ``arm``."""

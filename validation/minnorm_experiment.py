@@ -98,8 +98,8 @@ class MinnormConfig(ExperimentConfig):
             return {"weight_decay": self.weight_decay}
         return {}
 
-    def compare(self, out, records, task=None, device=None) -> dict[str, Any]:
-        return compare_minnorm(self, out, records, task=task, device=device)
+    def compare(self, out, records, task=None, device=None, verbose: bool = True) -> dict[str, Any]:
+        return compare_minnorm(self, out, records, task=task, device=device, verbose=verbose)
 
 
 def minnorm_unit(config: MinnormConfig, task, unit: dict[str, Any], device) -> dict[str, Any]:
