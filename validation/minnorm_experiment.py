@@ -7,7 +7,8 @@ MLP, one unit per (arm, margin, seed), each a batched ensemble of ``members`` ne
 trained full-batch to the margin targets ``alpha Y``:
 
 ``minnorm``    :class:`~validation.minnorm.Minnorm` (``y f(x) >= alpha``, squared norms, Adam
-               underneath; settings :data:`validation.train.MINNORM_DEFAULTS`, step ``minnorm_lr``);
+               underneath; settings :data:`validation.train.MINNORM_DEFAULTS`, weight step
+               ``minnorm_lr``, multiplier step ``multiplier_lr``, norm weight ``norm_weight``);
 ``nero``       Nero with constraints on ``||f(X) - alpha Y||`` (fig6's training);
 ``sgd-early``  plain SGD (step ``sgd_lr``) on the same loss ``||f(X) - alpha Y||`` from a Gaussian
                init, stopped early: once every network's relative error
@@ -52,16 +53,17 @@ class MinnormConfig(ExperimentConfig):
     arm: str = ""  # set on the per-arm copy a unit trains with (empty in the experiment's config)
     minnorm_lr: float = 1e-3
     multiplier_lr: float = 0.01
+    norm_weight: float = 0.1
     sgd_lr: float = 0.001
     early_tol: float = 0.5
     weight_decay: float = 0.1
 
-    EXTRA_OVERRIDABLE: ClassVar[dict] = {"arms": _arms, "minnorm_lr": float, "multiplier_lr": float, "sgd_lr": float,
+    EXTRA_OVERRIDABLE: ClassVar[dict] = {"arms": _arms, "minnorm_lr": float, "multiplier_lr": float, "norm_weight": float, "sgd_lr": float,
                          "early_tol": float, "weight_decay": float}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("minnorm_lr", "multiplier_lr", "sgd_lr", "early_tol"):
+        for name in ("minnorm_lr", "multiplier_lr", "norm_weight", "sgd_lr", "early_tol"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise GpmarginError(f"{name} must be a positive number, got {v!r}")
@@ -93,7 +95,7 @@ class MinnormConfig(ExperimentConfig):
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         if self.arm == "minnorm":
-            return {"multiplier_lr": self.multiplier_lr}
+            return {"multiplier_lr": self.multiplier_lr, "norm_weight": self.norm_weight}
         if self.arm == "sgd-wd":
             return {"weight_decay": self.weight_decay}
         return {}
@@ -279,14 +281,13 @@ def _plot(config, rows, curve, scale, summary_arms, path) -> None:
 
 
 def _plot_support(config, records, task, path) -> dict[str, Any] | None:
-    """The 16 training images with the largest multipliers of the first Minnorm net at the largest margin."""
-    recs = [r for r in records if r["arm"] == "minnorm"]
-    if not recs:
+    """The (up to 16) training images with the largest multipliers of the Minnorm net that has the
+    most support vectors."""
+    nets = [(r, m) for r in records if r["arm"] == "minnorm" for m in r["members"] if m.get("support_vectors")]
+    if not nets:
         return None
-    r = max(recs, key=lambda r: (r["margin"], -r["seed"]))
-    sv = r["members"][0].get("support_vectors")
-    if not sv:
-        return None
+    r, m = max(nets, key=lambda rm: (rm[1]["support_vectors"]["count"], rm[0]["margin"]))
+    sv = m["support_vectors"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -297,15 +298,15 @@ def _plot_support(config, records, task, path) -> dict[str, Any] | None:
     idx = sv["top_indices"][:16]
     x = np.asarray(task.x_train)
     side = int(round(math.sqrt(x.shape[1])))
-    fig, axes = plt.subplots(2, 8, figsize=(10, 3))
+    fig, axes = plt.subplots(2, 8, figsize=(10, 4))
     for ax in axes.flat:
         ax.axis("off")
     for ax, i, lam in zip(axes.flat, idx, sv["top_multipliers"]):
         ax.imshow(x[i].reshape(side, side), cmap="gray")
         ax.set_title(f"#{i} y={int(np.asarray(task.y_train)[i]):+d}\nλ={lam:.2g}", fontsize=7)
-    fig.suptitle(f"Minnorm support vectors (largest multipliers) of net 0 at α={r['margin']:.3g}: "
+    fig.suptitle(f"Minnorm support vectors (largest multipliers first) of net {m['member']} at α={r['margin']:.3g}: "
                  f"{sv['count']} of {config.n_train} training images have λ > 0", fontsize=9)
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
-    return {"margin": r["margin"], "seed": r["seed"], "member": 0, **sv}
+    return {"margin": r["margin"], "seed": r["seed"], "member": m["member"], **sv}

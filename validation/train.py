@@ -28,7 +28,7 @@ OPTIMIZERS = ("nero", "nero-free", "sgd", "adam", "minnorm")
 #: Minnorm's settings in the harness (``optimizer="minnorm"``): classification constraints
 #: ``y f(x) >= alpha`` at the experiment's margin, squared norms, Adam underneath, augmented penalty
 MINNORM_DEFAULTS = dict(constraint="classification", norm="squared", optimizer="adam", multiplier_lr=0.01,
-                        penalty=1.0, norm_weight=1e-3)
+                        penalty=1.0, norm_weight=0.1)
 LOSSES = ("norm", "mse", "half_mse")
 
 
