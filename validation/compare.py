@@ -251,7 +251,7 @@ def plot(config: ExperimentConfig, rows: list[dict[str, Any]], path: Path, gap: 
         ax.set_title(f"ensemble of {k}" if k > 1 else "single network (Gibbs)", fontsize=9)
         ax.set_xlabel("margin α (targets α·y)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="upper left")
     axes[0][0].set_ylabel("test accuracy")
     changed = config.overrides()
     label = config.scale + (", set " + " ".join(f"{k}={_short(v)}" for k, v in changed.items()) if changed else "")

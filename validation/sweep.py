@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from gpmargin import measures as M
+from gpmargin.errors import GpmarginError
 from gpmargin.io import (
     append_jsonl,
     locked_folder,
@@ -102,6 +103,11 @@ def train_ensemble(config: ExperimentConfig, task, margin: float, seed: int, dev
                 loss=config.loss, tol=config.tol)
     f_tr = _chunked_forward(model, x_tr).double().cpu()  # (k, n, c)
     f_te = _chunked_forward(model, x_te).double().cpu()
+    if not bool(torch.isfinite(f_tr).all() and torch.isfinite(f_te).all()):
+        bad = [j for j in range(f_tr.shape[0]) if not bool(torch.isfinite(f_tr[j]).all())]
+        raise GpmarginError(f"training diverged at margin {margin:g} (seed {seed}, members {bad}: non-finite "
+                            f"outputs after {res.steps} steps of {config.optimizer} with lr={config.lr:g}); "
+                            f"lower lr with --set lr=...")
     return dict(model=model, optimizer=opt, init=init, result=res, f_train=f_tr, f_test=f_te, targets=targets.double().cpu(),
                 x_train=x_tr, y_train=y_tr, y_test=y_te, seconds=time.perf_counter() - t0)
 
