@@ -108,8 +108,8 @@ def train_ensemble(config: ExperimentConfig, task, margin: float, seed: int, dev
         raise GpmarginError(f"training diverged at margin {margin:g} (seed {seed}, members {bad}: non-finite "
                             f"outputs after {res.steps} steps of {config.optimizer} with lr={config.lr:g}); "
                             f"lower lr with --set lr=...")
-    return dict(model=model, optimizer=opt, init=init, result=res, f_train=f_tr, f_test=f_te, targets=targets.double().cpu(),
-                x_train=x_tr, y_train=y_tr, y_test=y_te, seconds=time.perf_counter() - t0)
+    return dict(model=model, optimizer=opt, init=init, result=res, f_train=f_tr, f_test=f_te,
+                targets=targets.double().cpu(), x_train=x_tr, y_train=y_tr, y_test=y_te, seconds=time.perf_counter() - t0)
 
 
 def run_unit(config: ExperimentConfig, task, margin: float, seed: int, device: torch.device) -> dict[str, Any]:
