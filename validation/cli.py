@@ -21,7 +21,10 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Train ensembles of networks at controlled margins (Nero, loss ||f(X) - alpha Y||), "
                     "measure them, and compare their test accuracy with NNGP predictions. "
                     "Resumable: rerun with the same --out to finish an interrupted sweep.")
-    p.add_argument("experiment", help=f"experiment name ({', '.join(sorted(EXPERIMENTS))})")
+    p.add_argument("experiment", help="experiment name: fig6 (Nero at controlled margins vs the NNGP), "
+                   "gd (gradient descent vs its NTK theory), minnorm (Minnorm vs Nero vs SGD with early stopping / weight decay, accuracy against "
+                   "normalized margins with the NNGP at each net's margin), large_batch (Fashion-MNIST F1 net: "
+                   "small vs large batch and the remedies ghost BN, sqrt lr, regime adaptation; distance from init)")
     p.add_argument("--scale", default="quick", help=f"one of {', '.join(SCALES)} (default quick)")
     p.add_argument("--out", required=True, help="output folder (created; reused to resume)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
@@ -39,7 +42,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from gpmargin.distributed.cluster import execution_from_args
-    from validation.compare import compare
     from validation.experiments import get_experiment
     from validation.sweep import load_task, records_complete, resolve_device, run_sweep
 
@@ -61,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
     if not records_complete(config, records):
         raise ValueError("sweep incomplete; rerun the same command to resume")
     if not args.no_compare:
-        compare(config, args.out, records, task=task, device=device)
+        config.compare(args.out, records, task=task, device=device)
         print(f"comparison written to {args.out}/comparison.csv, .png, .json")
     return 0

@@ -8,7 +8,16 @@ seeds, ensemble sizes, schedule); :func:`get_experiment` returns it at a named s
            a few minutes on a 2-core CPU;
 ``smoke``  a seconds-long version for tests and CI (smaller everything).
 
-The unit of work of a sweep is one (margin, seed): ``members`` networks trained together as
+Every experiment has the same shape: a config class (:class:`ExperimentConfig` or a
+subclass adding its own fields), a factory per name in :data:`EXPERIMENTS`, and three hooks
+on the config that the sweep and the CLI call: :meth:`~ExperimentConfig.units` (the units of
+work, plain dicts), :meth:`~ExperimentConfig.unit_function` (a top-level function
+``fn(config, task, unit, device) -> record``, picklable, run by
+:func:`validation.sweep.run_sweep`) and :meth:`~ExperimentConfig.compare` (the comparison
+files written from the records).  ``minnorm`` (:mod:`validation.minnorm_experiment`) and
+``large_batch`` (:mod:`validation.large_batch`) are subclasses.
+
+The unit of work of ``fig6`` is one (margin, seed): ``members`` networks trained together as
 one batched ensemble, member ``j`` with seed ``1000 * seed + j``.  Ensemble accuracies for a
 size ``k`` are measured on the disjoint groups ``{0..k-1}, {k..2k-1}, ...`` of those members
 (``members // k`` groups), so every member is used for every ``k``; the group of the first
@@ -21,7 +30,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -64,11 +73,19 @@ class ExperimentConfig:
     # theory: "nngp" (NNGP predictions, Nero-trained nets) or "ntk" (gradient-descent predictions)
     gp_kind: str = "nngp"
 
+    #: whether the experiment's units are indexed by margin (``margins`` must be non-empty)
+    needs_margins: ClassVar[bool] = True
+    #: fields of a subclass that ``--set`` may change, with the parser of their value
+    EXTRA_OVERRIDABLE: ClassVar[dict[str, Callable[[str], Any]]] = {}
+
     def __post_init__(self) -> None:
         validate_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
         d["margins"] = [float(m) for m in self.margins]
         d["seeds"] = [int(s) for s in self.seeds]
         d["ensembles"] = [int(k) for k in self.ensembles]
@@ -77,9 +94,38 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
         d = dict(d)
-        for key in ("margins", "seeds", "ensembles"):
-            d[key] = tuple(d[key])
+        if cls is ExperimentConfig and d.get("name") in EXPERIMENTS:
+            cls = type(EXPERIMENTS[d["name"]](d["scale"]))  # the experiment's own config class
+        for key, f in ((f.name, f) for f in dataclasses.fields(cls)):
+            if key in d and isinstance(d[key], list):
+                d[key] = tuple(d[key])
         return cls(**d)
+
+    # --------------------------------------------------------- hooks of the sweep and the CLI
+    def units(self) -> list[dict[str, Any]]:
+        """The units of work: ``{"margin_index", "margin", "seed"}``, seeds outermost."""
+        return [{"margin_index": i, "margin": float(m), "seed": int(s)}
+                for s in self.seeds for i, m in enumerate(self.margins)]
+
+    def unit_key(self, unit: dict[str, Any]) -> tuple:
+        """What identifies a unit (or the record it produced) when a sweep resumes."""
+        return (repr(float(unit["margin"])), int(unit["seed"]))
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """Extra settings of ``make_optimizer(model, optimizer, lr, **kwargs)`` (none here)."""
+        return {}
+
+    def unit_function(self) -> Callable:
+        """Top-level ``fn(config, task, unit, device) -> record`` that runs one unit."""
+        from validation.sweep import margin_unit
+
+        return margin_unit
+
+    def compare(self, out, records: list[dict], task=None, device=None, verbose: bool = True) -> dict[str, Any]:
+        """Write the comparison files in ``out`` (here: ``validation.compare.compare``)."""
+        from validation.compare import compare
+
+        return compare(self, out, records, task=task, device=device, verbose=verbose)
 
     def config_hash(self) -> str:
         """SHA-256 (first 16 hex digits) of the canonical JSON of the config."""
@@ -94,10 +140,11 @@ class ExperimentConfig:
         for item in assignments:
             key, sep, value = item.partition("=")
             key, value = key.strip(), value.strip()
-            if not sep or key not in OVERRIDABLE:
-                raise GpmarginError(f"--set {item!r}: write KEY=VALUE with KEY one of {', '.join(OVERRIDABLE)}")
+            parsers = {**OVERRIDABLE, **self.EXTRA_OVERRIDABLE}
+            if not sep or key not in parsers:
+                raise GpmarginError(f"--set {item!r}: write KEY=VALUE with KEY one of {', '.join(parsers)}")
             try:
-                changes[key] = OVERRIDABLE[key](value)
+                changes[key] = parsers[key](value)
             except (ValueError, GpmarginError) as exc:
                 raise GpmarginError(f"--set {item!r}: {exc}") from None
         return dataclasses.replace(self, **changes)
@@ -116,7 +163,7 @@ def validate_config(c: ExperimentConfig) -> None:
     """Raise :class:`GpmarginError` naming the first bad field."""
     if c.scale not in SCALES:
         raise GpmarginError(f"unknown scale {c.scale!r}: use one of {', '.join(SCALES)}")
-    if not c.margins:
+    if c.needs_margins and not c.margins:
         raise GpmarginError("an experiment needs at least one margin")
     for m in c.margins:
         if not (isinstance(m, (int, float)) and math.isfinite(m) and m > 0):
@@ -246,7 +293,21 @@ def trained_time(config: ExperimentConfig) -> tuple[float, float]:
     return T, float(config.lr)
 
 
-EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {"fig6": fig6, "gd": gd}
+
+def _minnorm(scale: str) -> ExperimentConfig:
+    from validation.minnorm_experiment import minnorm
+
+    return minnorm(scale)
+
+
+def _large_batch(scale: str) -> ExperimentConfig:
+    from validation.large_batch import large_batch
+
+    return large_batch(scale)
+
+
+EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {"fig6": fig6, "gd": gd, "minnorm": _minnorm,
+                                                               "large_batch": _large_batch}
 
 
 def get_experiment(name: str, scale: str = "quick") -> ExperimentConfig:

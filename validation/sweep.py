@@ -43,6 +43,8 @@ from validation.models import effective_weights, member_seed, sweep_network
 from validation.train import make_optimizer, margin_targets, train
 
 LOSS_CHECKPOINTS = (0, 1, 10, 50, 100, 200, 300, 400, 500, 1000, 2000)
+#: support vectors recorded per Minnorm-trained network: the count and the examples with the largest multipliers
+SUPPORT_KEPT = 64
 
 
 # ----------------------------------------------------------------------------- data
@@ -88,7 +90,7 @@ def ensemble_groups(members: int, k: int) -> list[list[int]]:
 def train_ensemble(config: ExperimentConfig, task, margin: float, seed: int, device: torch.device) -> dict[str, Any]:
     """Train the ``config.members`` networks of one unit; outputs come back as float64 on the CPU.
 
-    Returns ``model``, ``init`` (weights after Nero's initial projection), ``result``
+    Returns ``model``, ``optimizer``, ``init`` (weights after Nero's initial projection), ``result``
     (:class:`~validation.train.TrainResult`), ``f_train``/``f_test`` ``(k, n, c)``, ``targets``,
     ``y_train``/``y_test`` and ``seconds``.
     """
@@ -103,7 +105,8 @@ def train_ensemble(config: ExperimentConfig, task, margin: float, seed: int, dev
     t0 = time.perf_counter()
     model = sweep_network(config.model, config.members, x_tr.shape[1], config.depth, config.width, outputs,
                           seed=seed, dtype=dtype, device=device)
-    opt = make_optimizer(model, config.optimizer, config.lr)  # Nero projects the initial weights here
+    # Nero projects the initial weights here; subclass configs may pass optimizer settings
+    opt = make_optimizer(model, config.optimizer, config.lr, **config.optimizer_kwargs())
     init = [w.clone() for w in effective_weights(model)]
     res = train(model, x_tr, targets, steps=config.steps, lr=config.lr, decay=config.decay, optimizer=opt,
                 loss=config.loss, tol=config.tol)
@@ -114,8 +117,8 @@ def train_ensemble(config: ExperimentConfig, task, margin: float, seed: int, dev
         raise GpmarginError(f"training diverged at margin {margin:g} (seed {seed}, members {bad}: non-finite "
                             f"outputs after {res.steps} steps of {config.optimizer} with lr={config.lr:g}); "
                             f"lower lr with --set lr=...")
-    return dict(model=model, init=init, result=res, f_train=f_tr, f_test=f_te, targets=targets.double().cpu(),
-                x_train=x_tr, y_train=y_tr, y_test=y_te, seconds=time.perf_counter() - t0)
+    return dict(model=model, optimizer=opt, init=init, result=res, f_train=f_tr, f_test=f_te,
+                targets=targets.double().cpu(), x_train=x_tr, y_train=y_tr, y_test=y_te, seconds=time.perf_counter() - t0)
 
 
 def run_unit(config: ExperimentConfig, task, margin: float, seed: int, device: torch.device) -> dict[str, Any]:
@@ -146,6 +149,12 @@ def run_unit(config: ExperimentConfig, task, margin: float, seed: int, device: t
         tr = [M.accuracy(f_tr[g].sum(0), y_tr) for g in groups]
         ens[str(k)] = {"groups": groups, "test_accuracy": te, "train_accuracy": tr,
                        "test_accuracy_mean": float(np.mean(te)), "first_k_test_accuracy": te[0]}
+    if hasattr(u["optimizer"], "support"):  # Minnorm: examples whose multipliers stayed positive
+        lam = u["optimizer"].multipliers.detach().double().cpu()
+        for j, idx in enumerate(u["optimizer"].support()):
+            order = sorted(idx, key=lambda i: -float(lam[j, i]))
+            per_member[j]["support_vectors"] = {"count": len(idx), "top_indices": order[:SUPPORT_KEPT],
+                                                "top_multipliers": [float(lam[j, i]) for i in order[:SUPPORT_KEPT]]}
     hist = res.loss_history
     checkpoints = {str(s): hist[s].tolist() for s in LOSS_CHECKPOINTS if s < hist.shape[0]}
     checkpoints[str(res.steps)] = res.final_loss.tolist()
@@ -159,6 +168,11 @@ def run_unit(config: ExperimentConfig, task, margin: float, seed: int, device: t
         "training": {"steps": res.steps, "converged": res.converged, "final_loss": res.final_loss.tolist(),
                      "loss_at_step": checkpoints, "train_wall_s": train_s},
     }
+
+
+def margin_unit(config: ExperimentConfig, task, unit: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The unit function of margin sweeps (``fig6``): :func:`run_unit` at ``unit["margin"], unit["seed"]``."""
+    return run_unit(config, task, unit["margin"], unit["seed"], device)
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -184,10 +198,10 @@ def cached_task(config: ExperimentConfig):
     return _TASKS[key]
 
 
-def sweep_unit(config: ExperimentConfig, margin: float, seed: int, device: torch.device) -> dict[str, Any]:
-    """One unit of the sweep where it runs (in this process or on a worker): :func:`run_unit` on
-    the cached data split."""
-    return run_unit(config, cached_task(config), margin, seed, device)
+def sweep_unit(config: ExperimentConfig, unit: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """One unit of the sweep where it runs (in this process or on a worker): the experiment's
+    ``config.unit_function()`` on the cached data split."""
+    return config.unit_function()(config, cached_task(config), unit, device)
 
 
 def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | torch.device = "auto",
@@ -217,31 +231,35 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
             dropped = repair_jsonl(runs)
             if dropped:
                 print(f"note: removed {dropped} incomplete line(s) from {runs} left by an interrupted run")
-            done = {unit_key(r["margin"], r["seed"]) for r in read_jsonl(runs)}
-            todo = [u for u in sweep_units(config) if unit_key(u[1], u[2]) not in done]
+            done = {config.unit_key(r) for r in read_jsonl(runs) if r.get("config_hash") == h}
+            units = config.units()
+            todo = [u for u in units if config.unit_key(u) not in done]
             if todo:
                 if task is not None:
                     _TASKS[_task_key(config)] = task
                 from tqdm import tqdm
 
-                total = len(sweep_units(config))
+                total = len(units)
                 bar = tqdm(total=total, initial=total - len(todo), disable=not progress,
                            desc=f"{config.name}/{config.scale}", unit="unit")
-                index = {f"margin={m!r},seed={s}": (i, m, s) for i, m, s in todo}
+                index = {",".join(map(str, config.unit_key(u))): u for u in todo}
 
                 def finished(key: str, rec: dict, meta: dict) -> None:
-                    i, margin, seed = index[key]
-                    rec = {"config_hash": h, "experiment": config.name, "scale": config.scale, "margin_index": i,
+                    unit = index[key]
+                    rec = {"config_hash": h, "experiment": config.name, "scale": config.scale, **unit,
                            **rec, "device": meta["device"], "versions": meta["versions"],
                            "device_info": meta["device_info"], "execution": meta["execution"],
                            "wall_s": meta["wall_s"]}
                     append_jsonl(runs, rec)
-                    bar.set_postfix(margin=f"{margin:.3g}", seed=seed, gibbs=f"{rec['gibbs_test_accuracy']:.3f}")
+                    post = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in unit.items() if k != "margin_index"}
+                    if "gibbs_test_accuracy" in rec:
+                        post["gibbs"] = f"{rec['gibbs_test_accuracy']:.3f}"
+                    bar.set_postfix(**post)
                     bar.update(1)
 
-                units = {key: functools.partial(sweep_unit, config, m, s) for key, (_, m, s) in index.items()}
+                fns = {key: functools.partial(sweep_unit, config, unit) for key, unit in index.items()}
                 try:
-                    runner.run(units, finished, label=f"{config.name}-{config.scale}")
+                    runner.run(fns, finished, label=f"{config.name}-{config.scale}")
                 finally:
                     bar.close()
     finally:
@@ -251,8 +269,8 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
 
 
 def records_complete(config: ExperimentConfig, records: list[dict]) -> bool:
-    have = {unit_key(r["margin"], r["seed"]) for r in records}
-    return all(unit_key(m, s) in have for _, m, s in sweep_units(config))
+    have = {config.unit_key(r) for r in records}
+    return all(config.unit_key(u) in have for u in config.units())
 
 
 def isfinite(v) -> bool:

@@ -21,9 +21,14 @@ from typing import Callable
 import torch
 
 from gpmargin.errors import GpmarginError
+from validation.minnorm import Minnorm
 from validation.nero import Nero
 
-OPTIMIZERS = ("nero", "nero-free", "sgd", "adam")
+OPTIMIZERS = ("nero", "nero-free", "sgd", "adam", "minnorm")
+#: Minnorm's settings in the harness (``optimizer="minnorm"``): classification constraints
+#: ``y f(x) >= alpha`` at the experiment's margin, squared norms, Adam underneath, augmented penalty
+MINNORM_DEFAULTS = dict(constraint="classification", norm="squared", optimizer="adam", multiplier_lr=0.01,
+                        penalty=1.0, norm_weight=0.1)
 LOSSES = ("norm", "mse", "half_mse")
 
 
@@ -60,7 +65,8 @@ def per_network_loss(out: torch.Tensor, targets: torch.Tensor, loss: str = "norm
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, **kwargs) -> torch.optim.Optimizer:
-    """``"nero"`` (with constraints), ``"nero-free"`` (no constraints), ``"sgd"`` or ``"adam"``."""
+    """``"nero"`` (with constraints), ``"nero-free"`` (no constraints), ``"sgd"``, ``"adam"`` or
+    ``"minnorm"`` (:class:`~validation.minnorm.Minnorm`, :data:`MINNORM_DEFAULTS` updated by ``kwargs``)."""
     params = list(model.parameters())
     b = getattr(model, "batch_dims", 0)
     if name == "nero":
@@ -71,6 +77,8 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, **kwargs) -> to
         return torch.optim.SGD(params, lr=lr, **kwargs)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, **kwargs)
+    if name == "minnorm":
+        return Minnorm(params, lr=lr, batch_dims=b, **{**MINNORM_DEFAULTS, **kwargs})
     raise GpmarginError(f"unknown optimizer {name!r}: use one of {OPTIMIZERS}")
 
 
@@ -101,6 +109,9 @@ def train(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, *, ste
     values, not only ``alpha * Y``).  Learning rate at step ``t`` (0-based) is
     ``lr * decay**t``.  Stops after ``steps`` steps, or earlier once every network's
     relative error ``||f(X) - T||_F / ||T||_F`` is at most ``tol``.
+
+    With a :class:`~validation.minnorm.Minnorm` optimiser the gradient step is on its Lagrangian
+    (norms subject to the constraints set by ``targets``); ``loss`` is still what is recorded.
     """
     if steps < 0:
         raise GpmarginError(f"steps must be non-negative, got {steps}")
@@ -132,7 +143,8 @@ def train(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, *, ste
         for g, base in zip(opt.param_groups, base_lrs):
             g["lr"] = base * decay**step
         opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
+        objective = opt.lagrangian(out, targets) if isinstance(opt, Minnorm) else losses.sum()
+        objective.backward()
         opt.step()
     for g, base in zip(opt.param_groups, base_lrs):
         g["lr"] = base
