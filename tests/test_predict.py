@@ -134,16 +134,16 @@ def test_reference_kernel_and_real_kernel_give_the_same_curve(small, binary_curv
     np.testing.assert_allclose(c.accuracy, binary_curve.accuracy, atol=1e-10)
 
 
-def test_ntk_kind_uses_the_ntk_as_covariance(small, kernel):
+def test_ntkgp_kind_uses_the_ntk_as_covariance(small, kernel):
     xtr, ytr, xte, yte = small
     xtr, xte = xtr[:200], xte[:300]
     yb, yt = _parity(ytr[:200]), _parity(yte[:300])
-    c = margin_curve(kernel, xtr, yb, xte, yt, MARGINS, kind="ntk")
+    c = margin_curve(kernel, xtr, yb, xte, yt, MARGINS, kind="ntkgp")
     post = condition(kernel(xtr, get="ntk"), kernel(xte, xtr, get="ntk"), kernel.diag(xte, get="ntk"), yb)
     np.testing.assert_allclose(c.mean, post.mean.numpy(), atol=1e-10)
     np.testing.assert_allclose(c.std, post.std.numpy(), atol=1e-10)
     nngp = margin_curve(kernel, xtr, yb, xte, yt, MARGINS)
-    assert c.kind == "ntk" and not np.allclose(c.std, nngp.std)
+    assert c.kind == "ntkgp" and not np.allclose(c.std, nngp.std)
 
 
 def test_grid_is_one_solve_and_equals_per_margin_calls(small):

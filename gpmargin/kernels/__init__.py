@@ -10,7 +10,9 @@ are neural-tangents', so values agree with it to rounding.
 Layers: :class:`Dense`, :class:`Conv2d`, :class:`Flatten`, :class:`GlobalAvgPool`,
 :class:`Relu`, :class:`LeakyRelu`, :class:`ABRelu`, :class:`Erf`, :class:`Identity`, and the
 constraint transform :class:`Centred` (Nero-constrained rows, see ``constrained``).
-Presets: :func:`paper_mlp`, :func:`paper_cnn`.  Adapters: ``gpmargin.kernels.gpytorch``
+Presets: :func:`paper_mlp`, :func:`paper_cnn`.  Finite networks: ``k.network(width, in_shape=...)``
+builds the batched torch network whose infinite-width limit ``k`` is (:class:`Network`,
+parameterisations and seeding in ``gpmargin.kernels.finite``).  Adapters: ``gpmargin.kernels.gpytorch``
 (GPyTorch kernels) and ``gpmargin.kernels.nt`` (wrap a neural-tangents ``kernel_fn``).
 """
 
@@ -19,6 +21,8 @@ from gpmargin.kernels.base import Layer
 from gpmargin.kernels.constrained import Centred
 from gpmargin.kernels.conv import Conv2d
 from gpmargin.kernels.dense import Dense
+from gpmargin.kernels.finite import member_seed
+from gpmargin.kernels.network import Network
 from gpmargin.kernels.pooling import Flatten, GlobalAvgPool
 from gpmargin.kernels.presets import paper_cnn, paper_mlp
 from gpmargin.kernels.serial import Serial, serial
@@ -34,9 +38,11 @@ __all__ = [
     "Identity",
     "Layer",
     "LeakyRelu",
+    "Network",
     "Relu",
     "Serial",
     "paper_cnn",
     "paper_mlp",
+    "member_seed",
     "serial",
 ]

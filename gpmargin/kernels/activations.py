@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from gpmargin.kernels.base import Layer
+from gpmargin.kernels.finite import Flow, LayerModule
 from gpmargin.kernels.state import KernelState, Spec
 
 
@@ -62,6 +64,14 @@ class Activation(Layer):
         """E[phi(u)] for u ~ N(0, var)."""
         raise NotImplementedError
 
+    # -- the finite layer: phi applied to every unit --------------------------------------
+    def module(self, in_shape, units, init):
+        return LayerModule(self), tuple(in_shape)
+
+    def finite(self, fl: Flow) -> Flow:  # pragma: no cover - abstract
+        """``phi`` applied to the features of a finite network."""
+        raise NotImplementedError
+
 
 class ABRelu(Activation):
     r"""``phi(x) = a min(x, 0) + b max(x, 0)`` (the arc-cosine kernel of degree 1).
@@ -94,6 +104,19 @@ class ABRelu(Activation):
     def precompute(self, var, mean):
         sqrt, rsqrt = var.clamp(min=0).sqrt(), _rsqrt_or_zero(var)
         return {"sqrt": sqrt, "rsqrt": rsqrt, "sqrt_const": _const(sqrt), "rsqrt_const": _const(rsqrt)}
+
+    def finite(self, fl: Flow) -> Flow:
+        a, b = self.a, self.b
+        if b > 0 and fl.scale() > 0:
+            # phi(x) = b * leaky_relu(x, a / b) is positively homogeneous: keep b as a pending factor
+            slope = a / b
+            if slope == 0:
+                h = fl.h.relu_() if fl.fresh else torch.relu(fl.h)
+            else:
+                h = F.leaky_relu(fl.h, slope, inplace=fl.fresh and slope > 0)
+            return Flow(h, fl.layout, fl.members, fl.times(b), True)
+        h = fl.materialise().h
+        return Flow(torch.where(h > 0, h * b, h * a), fl.layout, fl.members, {}, True)
 
     def apply(self, st: KernelState) -> KernelState:
         f = (self.a - self.b) ** 2 / (2 * math.pi)
@@ -164,6 +187,12 @@ class Erf(Activation):
     def gaussian_mean(self, var):
         return torch.full_like(var, self.c)
 
+    def finite(self, fl: Flow) -> Flow:
+        h = fl.materialise().h
+        y = torch.erf(h * self.b if self.b != 1.0 else h)
+        y = y * self.a if self.a != 1.0 else y
+        return Flow(y + self.c if self.c else y, fl.layout, fl.members, {}, True)
+
     def apply(self, st: KernelState) -> KernelState:
         b2 = self.b**2
         v1, v2 = st.bcast1(st.var1.clamp(min=0)), st.bcast2(st.var2.clamp(min=0))
@@ -194,3 +223,6 @@ class Identity(Activation):
 
     def apply(self, st: KernelState) -> KernelState:
         return st
+
+    def finite(self, fl: Flow) -> Flow:
+        return fl

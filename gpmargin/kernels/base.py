@@ -74,10 +74,15 @@ class Layer:
     where possible) and ``out_mean`` (mean over units of the output features, used by
     ``Centred``), and may set ``needs_full_spatial`` (reads pairs of distinct positions) or
     ``supports_ntk = False``.
+
+    Finite networks: ``module(in_shape, units, init)`` builds the layer's finite, batched torch
+    module (see :mod:`gpmargin.kernels.finite`); layers with learnable units (``Dense``,
+    ``Conv2d``, ``Centred``) set ``has_units = True`` and take the number of output units.
     """
 
     needs_full_spatial = False
     supports_ntk = True
+    has_units = False
 
     # -- interface -------------------------------------------------------------------
     def out_spec(self, spec: Spec) -> Spec:  # pragma: no cover - abstract
@@ -95,6 +100,17 @@ class Layer:
         (tensors with examples along dim 0, or plain numbers); passed back as ``st.aux1/aux2``."""
         return None
 
+    def module(self, in_shape: tuple, units: int | None, init) -> tuple[torch.nn.Module, tuple]:
+        """The finite layer for per-example inputs of shape ``in_shape``: ``(module, out_shape)``.
+
+        ``module`` maps a :class:`~gpmargin.kernels.finite.Flow` to a ``Flow``; ``init`` is a
+        :class:`~gpmargin.kernels.finite.Init`.  Layers without a finite form raise.
+        """
+        raise GpmarginError(
+            f"network(): the layer {self!r} has no finite network to build (it defines only a kernel map); "
+            "use layers from gpmargin.kernels (Dense, Conv2d, activations, Flatten, GlobalAvgPool, Centred)"
+        )
+
     def fail(self, spec: Spec, why: str) -> GpmarginError:
         return GpmarginError(f"{self!r} cannot take input of shape {spec.describe()}: {why}")
 
@@ -108,6 +124,12 @@ class Layer:
         from gpmargin.kernels.serial import serial
 
         return serial(self).diag(x, get=get, **kwargs)
+
+    def network(self, width, **kwargs):
+        """The finite network of this one layer: see :meth:`gpmargin.kernels.Serial.network`."""
+        from gpmargin.kernels.serial import serial
+
+        return serial(self).network(width, **kwargs)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_"))

@@ -56,6 +56,7 @@ class Centred(Layer):
     with zero-mean, norm-``W_std`` weight rows (Nero's constraint); see the module docstring."""
 
     supports_ntk = False
+    has_units = True
 
     def __init__(self, layer: Affine):
         if not isinstance(layer, Affine):
@@ -81,6 +82,11 @@ class Centred(Layer):
 
     def out_mean(self, mean, var, spec):
         return self.layer.out_mean(mean, var, spec)
+
+    def module(self, in_shape, units, init):
+        """The wrapped layer with zero-mean, unit-norm rows scaled to norm ``W_std`` (see
+        :mod:`gpmargin.kernels.finite`); biases, if any, stay Gaussian."""
+        return self.layer.module(in_shape, units, init, centred=True)
 
     def apply(self, st: KernelState) -> KernelState:
         if st.mean1 is None or st.mean2 is None:

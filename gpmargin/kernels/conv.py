@@ -1,4 +1,5 @@
-"""2-D convolution in the NTK parameterisation (neural-tangents' ``stax.Conv``)."""
+"""2-D convolution in the NTK parameterisation (neural-tangents' ``stax.Conv``): its kernel map
+and its finite module."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.dense import Affine
+from gpmargin.kernels.dense import Affine, AffineModule
+from gpmargin.kernels.finite import Flow
 from gpmargin.kernels.state import Spec
 
 
@@ -17,6 +19,30 @@ def _pair(v, name) -> tuple[int, int]:
     if len(v) != 2 or min(v) < 1:
         raise GpmarginError(f"Conv2d {name}={v!r} must be a positive int or a pair of positive ints")
     return v
+
+
+class ConvModule(AffineModule):
+    """Finite ``Conv2d``: weights ``(k, out, C, k_h, k_w)``; all members in one convolution
+    (ungrouped on the shared input, ``groups = k`` on per-member channel groups)."""
+
+    def forward(self, fl: Flow) -> Flow:
+        w = self.stacked_weight()
+        k, o = w.shape[:2]
+        x = fl.h
+        _, (pt, pb), (pl, pr) = self.layer._pads(x.shape[-2], x.shape[-1])
+        if pt or pb or pl or pr:
+            x = F.pad(x, (pl, pr, pt, pb))
+        groups = 1 if fl.layout == "shared" else k
+        weight = w.reshape(k * o, *w.shape[2:])
+        b = self.stacked_bias()
+        if b is None:
+            h = F.conv2d(x, weight, None, self.layer.stride, groups=groups)
+            return Flow(h, "image", k, fl.times(self.w_mult), True)
+        alpha = fl.scale() * self.w_mult
+        bias = b.reshape(k * o)
+        h = F.conv2d(x, weight * alpha if alpha != 1.0 else weight, bias * self.b_mult if self.b_mult != 1.0 else bias,
+                     self.layer.stride, groups=groups)
+        return Flow(h, "image", k, {}, True)
 
 
 class Conv2d(Affine):
@@ -71,6 +97,11 @@ class Conv2d(Affine):
     def fan_in(self, spec: Spec) -> int | None:
         c = spec.shape[0]
         return None if c is None else c * self.kernel_size[0] * self.kernel_size[1]
+
+    def weight_shape(self, in_shape, units):
+        return (units, in_shape[0], *self.kernel_size)
+
+    module_class = ConvModule
 
     # -- the filter average -------------------------------------------------------------
     def pool_field(self, a: torch.Tensor) -> torch.Tensor:

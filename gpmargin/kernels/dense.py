@@ -1,10 +1,16 @@
-"""Fully connected layer in the NTK parameterisation (neural-tangents' ``stax.Dense``)."""
+"""Fully connected layer in the NTK parameterisation (neural-tangents' ``stax.Dense``): its
+kernel map and its finite module."""
 
 from __future__ import annotations
 
-import torch
+import math
 
+import torch
+from torch import nn
+
+from gpmargin.errors import GpmarginError
 from gpmargin.kernels.base import Layer
+from gpmargin.kernels.finite import Flow, Init
 from gpmargin.kernels.state import KernelState, Spec
 
 
@@ -54,6 +60,96 @@ class Affine(Layer):
         """Number of inputs of one weight row, or None if infinite (hidden layer)."""
         raise NotImplementedError
 
+    # -- the finite layer -------------------------------------------------------------------
+    has_units = True
+
+    def weight_shape(self, in_shape: tuple, units: int) -> tuple:  # pragma: no cover - abstract
+        """Shape of one member's weight, output units first."""
+        raise NotImplementedError
+
+    def module(self, in_shape, units, init: Init, centred: bool = False):
+        """Draw the layer's parameters (see :mod:`gpmargin.kernels.finite` for the equations)."""
+        spec = Spec("image" if len(in_shape) == 3 else "vector", tuple(in_shape))
+        out_shape = tuple(units if s is None else s for s in self.out_spec(spec).shape)
+        n = self.fan_in(spec)
+        z = init.normal(self.weight_shape(in_shape, units))
+        ntk = init.parameterization == "ntk"
+        if centred:
+            if n < 2:
+                raise GpmarginError(
+                    f"network(): Centred({self!r}) has fan-in {n}; a zero-mean unit-norm row needs at least 2 inputs "
+                    "(use a width of at least 2)")
+            rows = z.reshape(z.shape[0], units, -1)
+            rows = rows - rows.mean(-1, keepdim=True)
+            u = (rows / rows.norm(dim=-1, keepdim=True)).reshape(z.shape)  # zero-mean unit-norm rows
+            weight, w_mult = (u * math.sqrt(n), self.W_std / math.sqrt(n)) if ntk else (u * self.W_std, 1.0)
+        else:
+            weight, w_mult = (z, self.W_std / math.sqrt(n)) if ntk else (z * (self.W_std / math.sqrt(n)), 1.0)
+        bias, b_mult = None, 1.0
+        if self.b_std is not None:
+            beta = init.normal((units,))
+            bias, b_mult = (beta, self.b_std) if ntk else (beta * self.b_std, 1.0)
+        mod = self.module_class(self, init.parameter(weight), None if bias is None else init.parameter(bias),
+                                w_mult, b_mult, init.stacked)
+        return mod, out_shape
+
+    module_class: type  # the AffineModule subclass of the layer
+
+
+class AffineModule(nn.Module):
+    """A finite affine layer of ``k`` members: ``weight`` ``(k, out, *row)`` (``(out, *row)`` for
+    one unbatched network), optional ``bias`` ``(k, out)``; the pre-activation is
+    ``w_mult * weight . x + b_mult * bias`` (``w_mult = W_std / sqrt(fan_in)``, ``b_mult = b_std``
+    in the NTK parameterisation, both 1 in the standard one)."""
+
+    def __init__(self, layer: Affine, weight: nn.Parameter, bias: nn.Parameter | None, w_mult: float,
+                 b_mult: float, stacked: bool):
+        super().__init__()
+        self.layer = layer
+        self.weight = weight
+        self.bias = bias
+        self.w_mult = float(w_mult)
+        self.b_mult = float(b_mult)
+        self.stacked = stacked
+
+    def stacked_weight(self) -> torch.Tensor:
+        """``(k, out, *row)``, a view."""
+        return self.weight if self.stacked else self.weight[None]
+
+    def stacked_bias(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        return self.bias if self.stacked else self.bias[None]
+
+    def extra_repr(self) -> str:
+        return f"{self.layer!r}, w_mult={self.w_mult:.4g}, b_mult={self.b_mult:.4g}"
+
+
+class DenseModule(AffineModule):
+    """Finite ``Dense``: ``(k, out, in)`` weights, one GEMM for a shared input, one ``bmm`` otherwise."""
+
+    def forward(self, fl: Flow) -> Flow:
+        w = self.stacked_weight()
+        k, o, i = w.shape
+        b = self.stacked_bias()
+        factors = fl.times(self.w_mult)
+        alpha = fl.scale() * self.w_mult
+        if fl.layout == "shared":  # (n, d): one GEMM (k*out, d) @ (d, n) for all members
+            x = fl.h.T
+            if b is None:
+                h = w.reshape(k * o, i) @ x
+            else:
+                h = torch.addmm(b.reshape(k * o, 1), w.reshape(k * o, i), x, beta=self.b_mult, alpha=alpha)
+            h = h.reshape(k, o, x.shape[1])
+            fresh = False  # a view of the product: elementwise maps stay out of place
+        else:
+            if b is None:
+                h = torch.bmm(w, fl.h)
+            else:
+                h = torch.baddbmm(b[..., None], w, fl.h, beta=self.b_mult, alpha=alpha)
+            fresh = True
+        return Flow(h, "vector", k, {} if b is not None else factors, fresh)
+
 
 class Dense(Affine):
     r"""Fully connected layer ``f = W_std / sqrt(n) * W x + b_std * b`` with standard normal ``W, b``.
@@ -86,3 +182,8 @@ class Dense(Affine):
 
     def fan_in(self, spec: Spec) -> int | None:
         return spec.shape[0]
+
+    def weight_shape(self, in_shape, units):
+        return (units, in_shape[0])
+
+    module_class = DenseModule

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 from gpmargin.kernels.base import Layer
+from gpmargin.kernels.finite import Flow, LayerModule
 from gpmargin.kernels.state import KernelState, Spec
+
+
+def _per_member_vectors(h, members):
+    """``(n, k * F)`` channel groups to feature-major per-member vectors ``(k, F, n)`` (a view)."""
+    return h.reshape(h.shape[0], members, -1).permute(1, 2, 0)
 
 
 def _trailing_mean(t, ndim):
@@ -45,6 +53,16 @@ class Flatten(Layer):
             return mean
         return _trailing_mean(mean, 2)
 
+    def module(self, in_shape, units, init):
+        return LayerModule(self), (int(math.prod(in_shape)),)
+
+    def finite(self, fl: Flow) -> Flow:
+        if fl.layout == "image":  # per member, channels then positions (C, H, W), like torch.flatten
+            return Flow(_per_member_vectors(fl.h, fl.members), "vector", fl.members, fl.factors, False)
+        if fl.layout == "shared" and fl.h.dim() > 2:
+            return Flow(fl.h.reshape(fl.h.shape[0], -1), "shared", fl.members, fl.factors, False)
+        return fl
+
 
 class GlobalAvgPool(Layer):
     r"""Average each channel over positions (neural-tangents' ``stax.GlobalAvgPool``).
@@ -70,3 +88,12 @@ class GlobalAvgPool(Layer):
 
     def out_mean(self, mean, var, spec):
         return None if mean is None else _trailing_mean(mean, 2)
+
+    def module(self, in_shape, units, init):
+        return LayerModule(self), (in_shape[0],)
+
+    def finite(self, fl: Flow) -> Flow:
+        h = fl.h.mean(dim=(-2, -1))
+        if fl.layout == "image":
+            return Flow(_per_member_vectors(h, fl.members), "vector", fl.members, fl.factors, False)
+        return Flow(h, "shared", fl.members, fl.factors, False)

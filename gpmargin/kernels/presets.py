@@ -17,9 +17,21 @@ def _affine(layer, constrained: bool):
     return Centred(layer) if constrained else layer
 
 
-def paper_mlp(depth: int, constrained: bool = False) -> Serial:
+def _stds(W_std, count: int, name: str) -> list[float]:
+    """``W_std`` (one number, or one per weight layer) as a list of ``count`` floats."""
+    stds = [W_std] * count if isinstance(W_std, (int, float)) else list(W_std)
+    if len(stds) != count or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in stds):
+        raise GpmarginError(f"{name} W_std={W_std!r} must be a positive number or {count} positive numbers "
+                            "(one per weight layer)")
+    return [float(s) for s in stds]
+
+
+def paper_mlp(depth: int, constrained: bool = False, *, W_std=1.0, act_scale: float = math.sqrt(2.0)) -> Serial:
     r"""Bias-free MLP with ``depth`` weight matrices, ``ReLU * sqrt(2)`` between them, fan-in
     ``W_std = 1`` and one output.
+
+    ``W_std`` may also be one number per weight matrix, and ``act_scale`` replaces ``sqrt(2)``
+    (the validation harness uses both for its initialisation variants).
 
     For inputs rescaled to norm ``sqrt(d)`` (as the paper does) the NNGP is the arc-cosine
     recursion :math:`K \leftarrow [\sqrt{1-K^2} + K(\pi - \arccos K)]/\pi` applied ``depth - 1``
@@ -29,20 +41,24 @@ def paper_mlp(depth: int, constrained: bool = False) -> Serial:
     """
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise GpmarginError(f"paper_mlp depth={depth!r} must be an integer >= 1 (number of weight matrices)")
+    if not (isinstance(act_scale, (int, float)) and math.isfinite(act_scale) and act_scale > 0):
+        raise GpmarginError(f"paper_mlp act_scale={act_scale!r} must be a positive number")
+    stds = _stds(W_std, depth, "paper_mlp")
     layers = []
-    for _ in range(depth - 1):
-        layers += [_affine(Dense(W_std=1.0), constrained), Relu(scale=math.sqrt(2.0))]
-    layers.append(_affine(Dense(W_std=1.0), constrained))
+    for s in stds[:-1]:
+        layers += [_affine(Dense(W_std=s), constrained), Relu(scale=float(act_scale))]
+    layers.append(_affine(Dense(W_std=stds[-1]), constrained))
     return serial(*layers)
 
 
-def paper_cnn(dense_layers: int = 2, constrained: bool = False, W_std: float = 1.0) -> Serial:
+def paper_cnn(dense_layers: int = 2, constrained: bool = False, W_std=1.0, convs: int = 2) -> Serial:
     """The paper's convolutional network: ``Conv(5x5, valid) - ReLU - Conv(5x5, valid) - ReLU -
     Flatten - [Dense - ReLU] * (dense_layers - 1) - Dense`` (one output, no biases, plain ReLU).
 
     dense_layers : number of dense weight matrices after ``Flatten`` (>= 1; the last one is the
         readout).  Default 2 (one hidden dense layer).
-    W_std : fan-in weight scale of every layer (neural-tangents' default 1.0).
+    W_std : fan-in weight scale of every layer (neural-tangents' default 1.0), or one per weight layer.
+    convs : number of 5x5 valid convolutions (default 2, the paper's).
     constrained : Nero-constrained rows (NNGP only), see :mod:`gpmargin.kernels.constrained`.
 
     On 28x28 MNIST the convolutions give 24x24 and then 20x20 feature maps; only same-position
@@ -50,14 +66,14 @@ def paper_cnn(dense_layers: int = 2, constrained: bool = False, W_std: float = 1
     """
     if not isinstance(dense_layers, int) or isinstance(dense_layers, bool) or dense_layers < 1:
         raise GpmarginError(f"paper_cnn dense_layers={dense_layers!r} must be an integer >= 1")
-    layers = [
-        _affine(Conv2d(5, padding="valid", W_std=W_std), constrained),
-        Relu(),
-        _affine(Conv2d(5, padding="valid", W_std=W_std), constrained),
-        Relu(),
-        Flatten(),
-    ]
-    for _ in range(dense_layers - 1):
-        layers += [_affine(Dense(W_std=W_std), constrained), Relu()]
-    layers.append(_affine(Dense(W_std=W_std), constrained))
+    if not isinstance(convs, int) or isinstance(convs, bool) or convs < 1:
+        raise GpmarginError(f"paper_cnn convs={convs!r} must be an integer >= 1")
+    stds = _stds(W_std, convs + dense_layers, "paper_cnn")
+    layers = []
+    for s in stds[:convs]:
+        layers += [_affine(Conv2d(5, padding="valid", W_std=s), constrained), Relu()]
+    layers.append(Flatten())
+    for s in stds[convs:-1]:
+        layers += [_affine(Dense(W_std=s), constrained), Relu()]
+    layers.append(_affine(Dense(W_std=stds[-1]), constrained))
     return serial(*layers)

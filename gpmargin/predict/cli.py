@@ -43,7 +43,14 @@ def register(subparsers) -> None:
                         "layers (>= 3, default 4)")
     p.add_argument("--constrained", action="store_true", help="use the exact kernel of Nero-constrained networks (zero-mean, unit-norm weight rows) "
                         "instead of the paper's Gaussian kernel")
-    p.add_argument("--kind", default="nngp", choices=("nngp", "ntk"), help="GP covariance: nngp (default) or ntk")
+    p.add_argument("--kind", default="nngp", choices=("nngp", "ntk", "ntkgp"),
+                   help="prediction: nngp (default, the paper's NNGP posterior), ntk (networks trained by gradient "
+                        "descent on the squared error, Lee et al. 2019) or ntkgp (a GP with the NTK as covariance)")
+    p.add_argument("--time", default=None, type=_float_arg("--time"),
+                   help="training time for --kind ntk or nngp (readout-only gradient flow), scaled as "
+                        "neural-tangents' gradient_descent_mse_ensemble; default: trained to convergence")
+    p.add_argument("--lr", default=1.0, type=_float_arg("--lr"),
+                   help="gradient-descent learning rate (multiplies --time; default 1.0)")
     p.add_argument("--margins", default="auto",
                    help="LO:HI:N (N log-spaced margins), a comma list, or auto (default: chance to limit)")
     p.add_argument("--ensemble", default=DEFAULT_ENSEMBLE,
@@ -59,6 +66,18 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=run)
+
+
+def _float_arg(flag: str):
+    """argparse type: a float; the range is checked by gpmargin.predict.inputs (one message for API and CLI)."""
+
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a number, got {text!r}") from None
+
+    return parse
 
 
 def _threads(spec: str) -> int:
@@ -188,6 +207,8 @@ def _run(args: argparse.Namespace) -> int:
             margins,
             ensemble,
             kind=args.kind,
+            time=args.time,
+            learning_rate=args.lr,
             num_classes=task.num_classes if task.num_classes > 2 else None,
             progress=not args.no_progress,
         )
@@ -208,6 +229,8 @@ def _run(args: argparse.Namespace) -> int:
         "depth": args.depth,
         "constrained": bool(args.constrained),
         "kind": args.kind,
+        "time": args.time,
+        "learning_rate": args.lr,
         "margins": args.margins,
         "ensemble": list(ensemble),
         "seed": args.seed,
@@ -229,7 +252,8 @@ def _run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    title = (f"{dataset} {args.task}, {arch} ({args.kind.upper()}), "
+    when = "" if args.time is None else f", t={args.time:g}, lr={args.lr:g}"
+    title = (f"{dataset} {args.task}, {arch} ({args.kind.upper()}{when}), "
              f"n_train={config['n_train']}, n_test={config['n_test']}")
     curve.plot(ax=ax, title=title)
     png_path = atomic_savefig(fig, out / "curve.png")
@@ -247,10 +271,14 @@ def _run(args: argparse.Namespace) -> int:
     half = margin_at_fraction(curve, 0.5, ensemble=ensemble[0])
     half_s = f"{half:.4g}" if math.isfinite(half) else "not reached inside the margin range"
     print(f"{title}")
-    print(f"  limit accuracy (alpha -> inf, kernel interpolator): {curve.limit_accuracy:.4f}   chance: {curve.chance:.3g}")
+    what = "kernel interpolator" if args.time is None else f"sign of the mean at time {args.time:g}"
+    print(f"  limit accuracy (alpha -> inf, {what}): {curve.limit_accuracy:.4f}   chance: {curve.chance:.3g}")
     print(f"  margin at half-way from chance to limit (ensemble {ensemble[0]}): {half_s}")
     print(f"  accuracy at largest margin {curve.margins[-1]:.3g}: "
           + ", ".join(f"k={k}: {curve.accuracy[j, -1]:.4f}" for j, k in enumerate(ensemble)))
+    if curve.train_accuracy is not None and args.time is not None:
+        print(f"  predicted train accuracy at time {args.time:g} (largest margin): "
+              + ", ".join(f"k={k}: {curve.train_accuracy[j, -1]:.4f}" for j, k in enumerate(ensemble)))
     if curve.jitter:
         print(f"  jitter added to the training kernel: {curve.jitter:.3g}")
     print(f"  wrote {csv_path.name}, {json_path.name}, {png_path.name} in {out}/  ({timings['total']:.1f} s)")

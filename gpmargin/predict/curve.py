@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
+import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +32,7 @@ from gpmargin.predict.inputs import (
     check_labels,
     check_margins,
 )
-from gpmargin.predict.posterior import Posterior, _check_kind, posterior
+from gpmargin.predict.posterior import Posterior, check_prediction, posterior
 
 __all__ = ["MarginCurve", "margin_curve", "curve_from_posterior", "default_margins", "margin_at_fraction"]
 
@@ -64,7 +64,12 @@ class MarginCurve:
     num_classes : int
         2 for +-1 labels, else the number of classes; chance accuracy is ``1 / num_classes``.
     kind : str
-        Covariance used: ``"nngp"`` or ``"ntk"``.
+        Prediction: ``"nngp"``, ``"ntk"`` (gradient-descent ensemble) or ``"ntkgp"`` (NTK as GP covariance).
+    time, learning_rate : float or None, float
+        Training time (None: to convergence) and step size of the gradient-descent kinds.
+    train_accuracy : (K, A) array or None
+        Predicted accuracy on the training set at ``time`` (gradient-descent kinds; 1 at
+        infinite time, where the training outputs equal ``alpha * y``).
     mean, std : arrays
         Posterior mean for ``alpha = 1`` ((m,) binary, (m, C) multi-class) and standard deviation (m,).
     margins_rule : str
@@ -84,6 +89,9 @@ class MarginCurve:
     jitter: float
     num_classes: int
     kind: str = "nngp"
+    time: float | None = None
+    learning_rate: float = 1.0
+    train_accuracy: np.ndarray | None = None
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     margins_rule: str = "given"
@@ -119,12 +127,18 @@ class MarginCurve:
                         "limit_accuracy": float(self.limit_accuracy),
                         "chance": self.chance,
                         "kind": self.kind,
+                        "time": math.inf if self.time is None else float(self.time),
+                        "learning_rate": float(self.learning_rate),
                     }
                 )
+                if self.train_accuracy is not None:
+                    out[-1]["train_accuracy"] = float(self.train_accuracy[j, a])
         return out
 
     def to_csv(self, path) -> Path:
-        """Write ``margin,ensemble,accuracy,limit_accuracy,chance,kind`` (one row per pair), atomically."""
+        """Write ``margin,ensemble,accuracy,limit_accuracy,chance,kind,time,learning_rate``
+        (``time`` is ``inf`` when trained to convergence; plus ``train_accuracy`` when known),
+        one row per pair, atomically."""
         from gpmargin.io import atomic_write_text
 
         buf = io.StringIO()
@@ -139,6 +153,8 @@ class MarginCurve:
         """JSON-able summary; per-test-point arrays only with ``per_example=True``."""
         d: dict[str, Any] = {
             "kind": self.kind,
+            "time": self.time,
+            "learning_rate": float(self.learning_rate),
             "num_classes": self.num_classes,
             "chance": self.chance,
             "n_test": self.n_test,
@@ -147,6 +163,7 @@ class MarginCurve:
             "ensemble": list(self.ensemble),
             "accuracy": self.accuracy.tolist(),
             "limit_accuracy": float(self.limit_accuracy),
+            "train_accuracy": None if self.train_accuracy is None else self.train_accuracy.tolist(),
             "margin_at_half": {
                 str(k): _none_if_nan(margin_at_fraction(self, 0.5, ensemble=k)) for k in self.ensemble
             },
@@ -187,6 +204,10 @@ class MarginCurve:
             jitter=float(d["jitter"]),
             num_classes=int(d["num_classes"]),
             kind=d.get("kind", "nngp"),
+            time=d.get("time"),
+            learning_rate=float(d.get("learning_rate", 1.0)),
+            train_accuracy=None if d.get("train_accuracy") is None
+            else np.asarray(d["train_accuracy"], dtype=np.float64).reshape(K, A),
             mean=None if d.get("mean") is None else np.asarray(d["mean"]),
             std=None if d.get("std") is None else np.asarray(d["std"]),
             margins_rule=d.get("margins_rule", "given"),
@@ -205,8 +226,9 @@ class MarginCurve:
         for j, k in enumerate(self.ensemble):
             label = "single network" if k == 1 else f"average of {k} networks"
             ax.plot(self.margins, self.accuracy[j], "-", color=colors[j], lw=1.8, label=label)
+        what = "kernel interpolator" if self.time is None else f"sign of the mean at t={self.time:g}"
         ax.axhline(self.limit_accuracy, color="k", ls="--", lw=1.2,
-                   label=f"$\\alpha\\to\\infty$ (kernel interpolator): {self.limit_accuracy:.3f}")
+                   label=f"$\\alpha\\to\\infty$ ({what}): {self.limit_accuracy:.3f}")
         ax.axhline(self.chance, color="0.5", ls=":", lw=1.2, label=f"chance: {self.chance:.3g}")
         ax.set_xscale("log")
         ax.set_xlabel("normalized margin $\\alpha$ (log scale)")
@@ -284,12 +306,15 @@ def curve_from_posterior(
     ensemble: Sequence[int] = (1,),
     *,
     num_classes: int | None = None,
+    y_train=None,
 ) -> MarginCurve:
     """Accuracy grid from an already computed posterior (``alpha = 1`` mean and std).
 
     ``y_test``: +-1 labels when ``post.mean`` is 1-D, class indices when it is (m, C).
+    With ``y_train`` and a posterior that carries training outputs (``post.train``, the
+    gradient-descent kinds), ``train_accuracy`` is filled in on the same grid.
     """
-    t0 = time.perf_counter()
+    t0 = _time.perf_counter()
     ensemble = check_ensemble(ensemble)
     binary = post.mean.ndim == 1
     dev = post.mean.device
@@ -321,8 +346,11 @@ def curve_from_posterior(
     probs = probs.cpu().numpy()
     per_example = probs[inverse].reshape(len(ensemble), len(margins), -1)
     limit = limit.cpu().numpy()
+    train_accuracy = None
+    if post.train is not None and y_train is not None:
+        train_accuracy = curve_from_posterior(post.train, y_train, margins, ensemble, num_classes=num_classes).accuracy
     timings = dict(post.timings)
-    timings["accuracy"] = time.perf_counter() - t0
+    timings["accuracy"] = _time.perf_counter() - t0
     return MarginCurve(
         margins=np.asarray(margins, dtype=np.float64),
         ensemble=ensemble,
@@ -333,6 +361,9 @@ def curve_from_posterior(
         jitter=float(post.jitter),
         num_classes=C,
         kind=post.kind,
+        time=post.time,
+        learning_rate=float(post.learning_rate),
+        train_accuracy=train_accuracy,
         mean=post.mean.detach().cpu().numpy(),
         std=post.std.detach().cpu().numpy(),
         margins_rule=rule,
@@ -350,16 +381,21 @@ def margin_curve(
     ensemble: Sequence[int] = (1,),
     kind: str = "nngp",
     *,
+    time: float | None = None,
+    learning_rate: float = 1.0,
     num_classes: int | None = None,
     device=None,
     progress: bool = False,
 ) -> MarginCurve:
-    """Predicted test accuracy of networks trained to each margin (the paper's GP model).
+    """Predicted test accuracy of networks trained to each margin.
 
-    Conditions the GP with covariance ``kernel(..., get=kind)`` (NNGP by default; the
-    NTK as covariance with ``kind="ntk"``) on ``f(x_train) = alpha * Y`` without noise,
-    and returns the exact expected test accuracy of one network (``k = 1``) and of
-    the sign / argmax of a ``k``-network average, for every margin and ensemble size.
+    ``kind="nngp"`` (the paper's model) conditions the NNGP on ``f(x_train) = alpha * Y``
+    without noise; ``kind="ntk"`` is the infinite ensemble of networks trained by gradient
+    descent on the squared error to ``alpha * Y`` (for ``time``, default to convergence,
+    with step ``learning_rate``; see :mod:`gpmargin.predict.gradient`); ``kind="ntkgp"``
+    conditions a GP with the NTK as covariance.  Returns the exact expected test accuracy
+    of one network (``k = 1``) and of the sign / argmax of a ``k``-network average, for
+    every margin and ensemble size.
 
     Parameters
     ----------
@@ -371,7 +407,13 @@ def margin_curve(
     margins : 1-D sequence of ``alpha > 0``, or None for the automatic range of
         :func:`default_margins` (41 log-spaced margins from about chance to about the limit).
     ensemble : ensemble sizes ``k`` (positive integers).
-    kind : ``"nngp"`` or ``"ntk"``.
+    kind : ``"nngp"``, ``"ntk"`` or ``"ntkgp"``.
+    time : None (trained to convergence) or a training time > 0 for ``"ntk"`` and ``"nngp"``
+        (the readout-only gradient flow), scaled as neural-tangents'
+        ``gradient_descent_mse_ensemble``: ``exp(-learning_rate * time * Theta / N)``, ``N``
+        the number of target entries.  The training-set accuracy at that time is in
+        ``curve.train_accuracy``.
+    learning_rate : gradient-descent step size (> 0).
     num_classes : multi-class only, defaults to ``1 + max(label)``.
     device : torch device for the computation (default: that of ``x_train`` if a tensor, else CPU).
     progress : show a tqdm bar while the test kernel is computed.
@@ -387,11 +429,12 @@ def margin_curve(
     GpmarginError
         Bad margins or ensemble sizes, labels that are neither +-1 nor class indices,
         mismatched or empty inputs, duplicated training inputs with conflicting labels,
-        or a kernel matrix that stays indefinite even with jitter.  Exactly duplicated
+        unknown ``kind``, ``time`` or ``learning_rate`` not > 0, ``"ntk"``/``"ntkgp"`` with a
+        kernel without an NTK, or a kernel matrix that stays indefinite even with jitter.  Exactly duplicated
         training inputs with equal labels are fine: jitter is added, reported in
         ``curve.jitter`` and announced by a ``JitterWarning``.
     """
-    _check_kind(kind)
+    kind, time, learning_rate = check_prediction(kernel, kind, time, learning_rate)
     ensemble = check_ensemble(ensemble)
     margins = None if margins is None else check_margins(margins)
     if device is None:
@@ -400,12 +443,14 @@ def margin_curve(
     xte = as_tensor(x_test, device=device, name="x_test")
     labels = check_labels(y_train, y_test, num_classes=num_classes, device=device)
     check_features(xtr, xte, labels.y_train.shape[0], labels.y_test.shape[0])
-    t0 = time.perf_counter()
+    t0 = _time.perf_counter()
     duplicates = check_conflicting_duplicates(xtr, labels)
-    t_check = time.perf_counter() - t0
-    post = posterior(kernel, xtr, labels.targets(), xte, kind=kind, progress=progress)
+    t_check = _time.perf_counter() - t0
+    post = posterior(kernel, xtr, labels.targets(), xte, kind=kind, time=time, learning_rate=learning_rate,
+                     progress=progress)
     post.timings["checks"] = t_check
-    curve = curve_from_posterior(post, labels.y_test, margins, ensemble, num_classes=labels.num_classes)
+    curve = curve_from_posterior(post, labels.y_test, margins, ensemble, num_classes=labels.num_classes,
+                                 y_train=labels.y_train)
     curve.info.update({"n_train": int(xtr.shape[0]), "n_test": int(xte.shape[0]), "duplicated_train_inputs": duplicates})
     return curve
 

@@ -32,6 +32,9 @@ __all__ = [
     "check_margins",
     "check_ensemble",
     "check_conflicting_duplicates",
+    "check_kind",
+    "check_time",
+    "check_learning_rate",
     "parse_margins",
     "parse_ensemble",
 ]
@@ -167,6 +170,39 @@ def check_margins(margins) -> np.ndarray:
     if bad.size:
         raise GpmarginError(f"margins must be finite and > 0, got {bad[0]:g}")
     return m
+
+
+KINDS = ("nngp", "ntk", "ntkgp")
+
+
+def check_kind(kind) -> str:
+    """The prediction: ``"nngp"`` (the paper's NNGP posterior), ``"ntk"`` (infinite ensemble of
+    networks trained by gradient descent) or ``"ntkgp"`` (a GP with the NTK as prior covariance)."""
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise GpmarginError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return kind
+
+
+def _positive(value, name: str, meaning: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise GpmarginError(f"{name} must be a number > 0 ({meaning}), got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise GpmarginError(f"{name} must be finite and > 0 ({meaning}), got {value!r}")
+    return v
+
+
+def check_time(time) -> float | None:
+    """Training time: None (trained to convergence, ``t = inf``) or a finite number > 0."""
+    if time is None:
+        return None
+    return _positive(time, "time", "or None for infinite training time")
+
+
+def check_learning_rate(learning_rate) -> float:
+    """Gradient-descent learning rate: a finite number > 0."""
+    return _positive(learning_rate, "learning_rate", "the gradient-descent step size")
 
 
 def check_ensemble(ensemble) -> tuple[int, ...]:

@@ -1,7 +1,16 @@
-"""Noise-free GP conditioning: posterior means, standard deviations, joint covariance.
+"""Predictions at the test points: noise-free GP conditioning, and the dispatcher :func:`posterior`.
 
-The GP prior has covariance ``k`` (the NNGP kernel, or the NTK for ``kind="ntk"``).
-Conditioning on the training outputs ``f(X) = alpha * Y`` without noise gives, at the
+:func:`posterior` returns, for each ``kind``, the Gaussian distribution of the test outputs of
+networks trained to margin ``alpha`` (targets ``f(X) = alpha * Y``):
+
+* ``"nngp"``  the paper's model: the NNGP conditioned on the training outputs (below);
+  with a finite ``time``, gradient flow on the readout layer alone (:mod:`.gradient`).
+* ``"ntk"``   an infinite ensemble of infinitely wide networks trained by gradient descent
+  on the squared error, to convergence or for a finite ``time`` (:mod:`.gradient`).
+* ``"ntkgp"`` a GP with the NTK as prior covariance, conditioned like the NNGP (what
+  ``"ntk"`` meant until the gradient-descent prediction was added).
+
+GP conditioning (``"nngp"``, ``"ntkgp"``) on ``f(X) = alpha * Y`` without noise gives, at the
 test inputs ``X*``, a Gaussian with
 
 * mean ``alpha * mu``,   ``mu = K_*X K_XX^{-1} Y``              (``Y``: +-1 labels, or one-hot)
@@ -9,6 +18,7 @@ test inputs ``X*``, a Gaussian with
 
 For several outputs (one per class) the output GPs are independent with the same
 kernel, so they share ``Sigma`` and are independent of each other a posteriori.
+In every kind the mean is proportional to ``alpha`` and the covariance free of it.
 
 Only ``mu`` and the marginal standard deviations ``s_i = sqrt(Sigma_ii)`` are needed
 for expected accuracies (expectation is linear, so it only involves each test
@@ -31,11 +41,18 @@ import torch
 
 from gpmargin.errors import GpmarginError
 from gpmargin.linalg import safe_cholesky
-from gpmargin.predict.inputs import as_tensor
+from gpmargin.predict.inputs import KINDS, as_tensor, check_kind, check_learning_rate, check_time
 
-__all__ = ["Posterior", "condition", "posterior", "train_kernel", "posterior_covariance", "sample_posterior", "KINDS"]
-
-KINDS = ("nngp", "ntk")
+__all__ = [
+    "Posterior",
+    "condition",
+    "posterior",
+    "gp_posterior",
+    "train_kernel",
+    "posterior_covariance",
+    "sample_posterior",
+    "KINDS",
+]
 
 
 @dataclass
@@ -45,6 +62,9 @@ class Posterior:
     ``mean`` is (m,) for one output (binary labels) or (m, C) for one output per
     class; ``std`` (m,) is shared by all outputs.  At margin ``alpha`` the posterior
     mean is ``alpha * mean`` and the standard deviation is unchanged.
+    ``time`` (None: trained to convergence) and ``learning_rate`` are those of the
+    gradient-descent kinds; ``train`` (gradient-descent kinds only) is the same kind of
+    object for the outputs at the training inputs at that time.
     """
 
     mean: torch.Tensor
@@ -53,12 +73,37 @@ class Posterior:
     kind: str
     timings: dict[str, float] = field(default_factory=dict)
     cov: torch.Tensor | None = None  # joint (m, m) covariance, only when requested
+    time: float | None = None
+    learning_rate: float = 1.0
+    train: "Posterior | None" = None
 
 
 def _check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise GpmarginError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    return kind
+    return check_kind(kind)
+
+
+def check_prediction(kernel, kind: str, time=None, learning_rate=1.0) -> tuple[str, float | None, float]:
+    """Validate ``kind``, ``time`` and ``learning_rate`` for ``kernel`` (at the API boundary).
+
+    ``time`` applies to the gradient-descent predictions (``"ntk"``, and ``"nngp"`` as the
+    readout-only flow); ``"ntk"`` and ``"ntkgp"`` need a kernel with an NTK.
+    """
+    kind = check_kind(kind)
+    time = check_time(time)
+    learning_rate = check_learning_rate(learning_rate)
+    if kind == "ntkgp" and time is not None:
+        raise GpmarginError(
+            f"time={time:g} applies to kind 'ntk' or 'nngp' (gradient-descent training); kind 'ntkgp' "
+            f"(a GP with the NTK as covariance) has no training time: use time=None"
+        )
+    if kind in ("ntk", "ntkgp") and not getattr(kernel, "supports_ntk", True):
+        layers = [x for x in getattr(kernel, "layers", [kernel]) if not getattr(x, "supports_ntk", True)]
+        which = f" (layer {layers[0]!r} has none)" if layers else ""
+        raise GpmarginError(
+            f"kind={kind!r} needs the kernel's NTK, which this kernel does not have{which}; "
+            f"use kind='nngp', the only kind for a kernel without an NTK"
+        )
+    return kind, time, learning_rate
 
 
 def _floor_variance(var: torch.Tensor, prior_var: torch.Tensor, n: int) -> torch.Tensor:
@@ -120,58 +165,65 @@ def condition(
     return Posterior(mean, var.sqrt(), jitter, kind, {"cholesky": t1 - t0, "solve": t2 - t1}, cov)
 
 
+def _as64(out) -> torch.Tensor:
+    return (out if isinstance(out, torch.Tensor) else torch.as_tensor(out)).to(torch.float64)
+
+
 def _call(kernel, x1, x2, kind):
+    """``kernel(x1, x2, get=kind)`` in float64; a tuple ``kind`` such as ("nngp", "ntk") gives a tuple."""
     out = kernel(x1, x2, get=kind)
-    if not isinstance(out, torch.Tensor):
-        out = torch.as_tensor(out)
-    return out.to(torch.float64)
+    return tuple(_as64(o) for o in out) if isinstance(kind, tuple) else _as64(out)
 
 
 def _diag(kernel, x, kind):
     if hasattr(kernel, "diag"):
-        out = kernel.diag(x, get=kind)
-        out = out if isinstance(out, torch.Tensor) else torch.as_tensor(out)
-        return out.to(torch.float64).reshape(-1)
+        return _as64(kernel.diag(x, get=kind)).reshape(-1)
     return torch.diagonal(_call(kernel, x, None, kind)).clone()
 
 
-def train_kernel(kernel, x: torch.Tensor, kind: str, *, progress: bool = False, block: int = 1536) -> torch.Tensor:
-    """``K_XX`` (n, n).  For ``n > 2 * block`` it is assembled from the blocks on and above
+def train_kernel(kernel, x: torch.Tensor, kind, *, progress: bool = False, block: int = 1536):
+    """``K_XX`` (n, n); a tuple ``kind`` such as ``("nngp", "ntk")`` gives a tuple of matrices
+    from one kernel pass.  For ``n > 2 * block`` it is assembled from the blocks on and above
     the diagonal and mirrored (about 40% less kernel work for n = 9000, exactly symmetric),
     with a progress bar over blocks when ``progress``."""
+    multi = isinstance(kind, tuple)
+    label = "+".join(kind) if multi else kind
     n = x.shape[0]
     if n <= 2 * block:
-        K = _call(kernel, x, None, kind)
-        if K.shape != (n, n):
-            raise GpmarginError(f"kernel returned shape {tuple(K.shape)} for {n} training inputs")
-        return K
+        out = _call(kernel, x, None, kind)
+        for K in out if multi else (out,):
+            if K.shape != (n, n):
+                raise GpmarginError(f"kernel returned shape {tuple(K.shape)} for {n} training inputs")
+        return out
     nb = -(-n // block)
     edges = [round(i * n / nb) for i in range(nb + 1)]
-    K = None
+    Ks = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=nb * (nb + 1) // 2, desc=f"{kind.upper()} kernel (train x train)", unit="block", leave=False)
+        bar = tqdm(total=nb * (nb + 1) // 2, desc=f"{label.upper()} kernel (train x train)", unit="block", leave=False)
     try:
         for i in range(nb):
             a, b = edges[i], edges[i + 1]
             for j in range(i, nb):
                 c, d = edges[j], edges[j + 1]
-                blk = _call(kernel, x[a:b], None if i == j else x[c:d], kind)
-                if blk.shape != (b - a, d - c):
-                    raise GpmarginError(f"kernel returned shape {tuple(blk.shape)} for a {b - a} x {d - c} block")
-                if K is None:
-                    K = torch.empty(n, n, dtype=torch.float64, device=blk.device)
-                K[a:b, c:d] = blk
-                if i != j:
-                    K[c:d, a:b] = blk.T
+                blks = _call(kernel, x[a:b], None if i == j else x[c:d], kind)
+                blks = blks if multi else (blks,)
+                if Ks is None:
+                    Ks = [torch.empty(n, n, dtype=torch.float64, device=blks[0].device) for _ in blks]
+                for K, blk in zip(Ks, blks):
+                    if blk.shape != (b - a, d - c):
+                        raise GpmarginError(f"kernel returned shape {tuple(blk.shape)} for a {b - a} x {d - c} block")
+                    K[a:b, c:d] = blk
+                    if i != j:
+                        K[c:d, a:b] = blk.T
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return K
+    return tuple(Ks) if multi else Ks[0]
 
 
 def posterior(
@@ -181,11 +233,53 @@ def posterior(
     x_test: torch.Tensor,
     *,
     kind: str = "nngp",
+    time: float | None = None,
+    learning_rate: float = 1.0,
     joint: bool = False,
     progress: bool = False,
     chunk_elements: int = 1 << 22,
 ) -> Posterior:
-    """Posterior mean and standard deviation at ``x_test`` for targets ``Y`` at ``x_train``.
+    """Distribution of the test outputs (mean for ``alpha = 1``, std, joint covariance if ``joint``).
+
+    ``kind="nngp"`` with ``time=None``: NNGP conditioning; ``"ntkgp"``: the NTK as GP
+    covariance (both :func:`gp_posterior`).  ``"ntk"`` (any ``time``) and ``"nngp"`` with a
+    finite ``time``: gradient-descent training for time ``time`` with step ``learning_rate``
+    (:func:`gpmargin.predict.gradient.gradient_descent_posterior`).
+
+    Raises
+    ------
+    GpmarginError
+        Unknown ``kind``, ``time`` or ``learning_rate`` not > 0, a finite ``time`` with
+        ``"ntkgp"``, or ``"ntk"``/``"ntkgp"`` with a kernel that has no NTK.
+    """
+    kind, time, learning_rate = check_prediction(kernel, kind, time, learning_rate)
+    if kind == "ntk" or time is not None:
+        from gpmargin.predict.gradient import gradient_descent_posterior
+
+        return gradient_descent_posterior(
+            kernel, x_train, targets, x_test, kind=kind, time=time, learning_rate=learning_rate,
+            joint=joint, progress=progress, chunk_elements=chunk_elements,
+        )
+    post = gp_posterior(kernel, x_train, targets, x_test, get="ntk" if kind == "ntkgp" else "nngp",
+                        joint=joint, progress=progress, chunk_elements=chunk_elements)
+    post.kind = kind
+    post.learning_rate = learning_rate
+    return post
+
+
+def gp_posterior(
+    kernel,
+    x_train: torch.Tensor,
+    targets: torch.Tensor,
+    x_test: torch.Tensor,
+    *,
+    get: str = "nngp",
+    joint: bool = False,
+    progress: bool = False,
+    chunk_elements: int = 1 << 22,
+) -> Posterior:
+    """GP posterior mean and standard deviation at ``x_test`` for targets ``Y`` at ``x_train``,
+    with prior covariance ``kernel(..., get=get)`` (``"nngp"`` or ``"ntk"``).
 
     The cross-kernel ``K_*X`` is computed in chunks of test rows (about
     ``chunk_elements`` entries each), each chunk solved and discarded, so memory stays
@@ -194,7 +288,7 @@ def posterior(
     ``timings`` reports seconds spent in ``kernel_train``, ``cholesky``,
     ``kernel_test`` and ``solve``.
     """
-    _check_kind(kind)
+    kind = get
     n, m = x_train.shape[0], x_test.shape[0]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
