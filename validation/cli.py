@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if not records_complete(config, records):
         raise ValueError("sweep incomplete; rerun the same command to resume")
     if not args.no_compare:
-        compare(config, args.out, records, task=task, device=device)
-        print(f"comparison written to {args.out}/comparison.csv, .png, .json")
+        analyse = getattr(config, "compare_function", compare)
+        analyse(config, args.out, records, task=task, device=device)
+        print(f"comparison written to {args.out}: " + ("tau.csv, .png, .json and networks.csv" if analyse is not compare
+                                                       else "comparison.csv, .png, .json"))
     return 0

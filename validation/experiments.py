@@ -199,7 +199,13 @@ def fig6(scale: str) -> ExperimentConfig:
     raise GpmarginError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
 
 
-EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {"fig6": fig6}
+def _measures(scale: str):
+    from validation.population import measures
+
+    return measures(scale)
+
+
+EXPERIMENTS: dict[str, Callable[[str], Any]] = {"fig6": fig6, "measures": _measures}
 
 
 def get_experiment(name: str, scale: str = "quick") -> ExperimentConfig:

@@ -14,11 +14,12 @@ holding another config's results is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -152,6 +153,40 @@ def sweep_units(config: ExperimentConfig) -> list[tuple[int, float, int]]:
     return [(i, float(m), int(s)) for s in config.seeds for i, m in enumerate(config.margins)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One unit of a sweep: ``key`` identifies it in ``runs.jsonl`` (:func:`record_key` of its
+    record), ``header`` goes first in its record, ``args`` follow ``(config, task)`` in the call of
+    the experiment's unit function (a plain top-level function, so units can be shipped to workers)."""
+
+    key: tuple
+    header: dict
+    args: tuple
+
+
+def plan(config) -> list[Unit]:
+    """The units of ``config``: its own ``config.units()`` if it defines them, else the margin sweep's."""
+    if hasattr(config, "units"):
+        return config.units()
+    return [Unit(unit_key(m, s), {"margin_index": i}, (m, s)) for i, m, s in sweep_units(config)]
+
+
+def record_key(config, rec: dict) -> tuple:
+    """The :class:`Unit` key a finished record belongs to."""
+    return config.record_key(rec) if hasattr(config, "record_key") else unit_key(rec["margin"], rec["seed"])
+
+
+def unit_function(config) -> Callable[..., dict[str, Any]]:
+    """``fn(config, task, *unit.args, device) -> record``: ``config.unit_function`` or :func:`run_unit`."""
+    return getattr(config, "unit_function", run_unit)
+
+
+def _postfix(config, rec: dict) -> dict[str, Any]:
+    if hasattr(config, "progress_fields"):
+        return config.progress_fields(rec)
+    return {"margin": f"{rec['margin']:.3g}", "seed": rec["seed"], "gibbs": f"{rec['gibbs_test_accuracy']:.3f}"}
+
+
 def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | torch.device = "auto",
               progress: bool = True, task=None) -> list[dict]:
     """Run (or resume) the sweep of ``config`` into ``out``; returns all records of this config."""
@@ -163,33 +198,34 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
         dropped = repair_jsonl(runs)
         if dropped:
             print(f"note: removed {dropped} incomplete line(s) from {runs} left by an interrupted run")
-        done = {unit_key(r["margin"], r["seed"]) for r in read_jsonl(runs)}
-        todo = [u for u in sweep_units(config) if unit_key(u[1], u[2]) not in done]
+        done = {record_key(config, r) for r in read_jsonl(runs) if r.get("config_hash") == h}
+        units = plan(config)
+        todo = [u for u in units if u.key not in done]
         if todo:
             if task is None:
                 task = load_task(config)
             from tqdm import tqdm
 
-            total = len(sweep_units(config))
-            bar = tqdm(total=total, initial=total - len(todo), disable=not progress,
+            bar = tqdm(total=len(units), initial=len(units) - len(todo), disable=not progress,
                        desc=f"{config.name}/{config.scale}", unit="unit")
             meta = run_metadata(dev)
-            for i, margin, seed in todo:
+            fn = unit_function(config)
+            for u in todo:
                 t0 = time.perf_counter()
-                rec = run_unit(config, task, margin, seed, dev)
-                rec = {"config_hash": h, "experiment": config.name, "scale": config.scale, "margin_index": i,
+                rec = fn(config, task, *u.args, dev)
+                rec = {"config_hash": h, "experiment": config.name, "scale": config.scale, **u.header,
                        **rec, "device": str(dev), "versions": meta["versions"], "device_info": meta["device"],
                        "wall_s": time.perf_counter() - t0}
                 append_jsonl(runs, rec)
-                bar.set_postfix(margin=f"{margin:.3g}", seed=seed, gibbs=f"{rec['gibbs_test_accuracy']:.3f}")
+                bar.set_postfix(**_postfix(config, rec))
                 bar.update(1)
             bar.close()
     return [r for r in read_jsonl(runs) if r.get("config_hash") == h]
 
 
 def records_complete(config: ExperimentConfig, records: list[dict]) -> bool:
-    have = {unit_key(r["margin"], r["seed"]) for r in records}
-    return all(unit_key(m, s) in have for _, m, s in sweep_units(config))
+    have = {record_key(config, r) for r in records}
+    return all(u.key in have for u in plan(config))
 
 
 def isfinite(v) -> bool:
