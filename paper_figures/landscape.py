@@ -19,6 +19,8 @@ each probe is a resumable unit.  Settings: Fig 3's, at a smaller width for ``qui
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -133,9 +135,13 @@ def run(cfg: dict, ctx) -> dict:
 
 
 def claims(cfg, results):
-    rc, ra = results["control"]["basin"]["radius"], results["attacked"]["basin"]["radius"]
-    return {"attacked_basin_narrower": C.claim(ra < rc, f"median basin radius attacked {ra:.3f} vs control {rc:.3f} "
-                                               f"(loss rise {cfg['basin_rise']}, {cfg['directions']} directions)")}
+    ra, rc = (np.asarray(results[w]["basin"]["radii"], dtype=np.float64) for w in ("attacked", "control"))
+    diff = float(np.mean(rc) - np.mean(ra))
+    se = float(np.sqrt(np.var(ra, ddof=1) / ra.size + np.var(rc, ddof=1) / rc.size)) if ra.size > 1 else math.inf
+    return {"attacked_basin_narrower": C.claim(
+        diff > 2 * se, f"mean basin radius attacked {np.mean(ra):.4f} vs control {np.mean(rc):.4f} (difference "
+                       f"{diff:.4f}, 2 s.e. {2 * se:.4f}; medians {np.median(ra):.4f} / {np.median(rc):.4f}; loss "
+                       f"rise {cfg['basin_rise']}, {ra.size} directions)")}
 
 
 def _nan(v):

@@ -56,8 +56,9 @@ class MeasuresConfig:
     # networks and training
     depth: int = 3
     optimizer: str = "nero"
-    steps: int = 200
+    steps: int = 150
     dtype: str = "float32"
+    threads: int = 1
     seed: int = 0
     # the grid
     margins: tuple[float, ...] = (0.1, 1.0, 10.0)
@@ -72,7 +73,7 @@ class MeasuresConfig:
     basin_directions: int = 5
     basin_rise: float = 0.1
     ph_n_min: int = 50
-    ph_n_max: int = 200
+    ph_n_max: int = 150
     ph_examples: int = 200
     # theory
     gp_kinds: tuple[str, ...] = ("nngp", "ntk")
@@ -94,6 +95,8 @@ class MeasuresConfig:
             raise GpmarginError(f"batch_sizes must lie in [1, n_train={self.n_train}], got {self.batch_sizes}")
         if any(not 0 <= f < 1 for f in self.label_noise):
             raise GpmarginError(f"label_noise fractions must lie in [0, 1), got {self.label_noise}")
+        if self.threads < 1:
+            raise GpmarginError(f"threads must be a positive integer, got {self.threads}")
         if not 2 <= self.ph_n_min < self.ph_n_max:
             raise GpmarginError("need 2 <= ph_n_min < ph_n_max")
         if self.ph_examples > self.n_train:
@@ -172,8 +175,8 @@ def measures(scale: str) -> MeasuresConfig:
     """Which measure tracks generalization: MNIST parity, depth-3 Nero-constrained MLPs.
 
     ``quick``: 500 train / 2000 test images, the grid 3 margins x 2 lrs x 2 batch sizes x
-    2 widths x 2 label-noise levels = 48 networks, 200 + 200 steps (the last 200 iterates
-    for the PH dimension, n = 50..200); ``paper``: 1000 / 9000 images, 4 margins, 3 lrs and
+    2 widths x 2 label-noise levels = 48 networks, 150 + 150 steps (the last 150 iterates
+    for the PH dimension, n = 50..150); ``paper``: 1000 / 9000 images, 4 margins, 3 lrs and
     batch sizes, widths 256 / 1024, 3 noise levels (648 networks) and n = 200..1000;
     ``smoke``: 8 small networks for tests.
     """
@@ -258,7 +261,21 @@ def _finite(v: float) -> float | None:
 
 
 def measure_unit(config: MeasuresConfig, task, h: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Train the network with hyperparameters ``h`` and measure it (module docstring)."""
+    """Train the network with hyperparameters ``h`` and measure it (module docstring).
+
+    Runs on ``config.threads`` torch threads (restored afterwards): these networks are small, and
+    on a shared CPU extra threads spin rather than compute (one thread: 4 CPU-s per quick-scale
+    network, two threads under load: about 27).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _measure(config, task, h, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(config: MeasuresConfig, task, h: dict[str, Any], device: torch.device) -> dict[str, Any]:
     from gpmargin.probes import TrajectoryRecorder, basin_radius, evaluate, ph_dimension, sharpness
     from validation.models import MLP
     from validation.train import make_optimizer
