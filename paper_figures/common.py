@@ -132,24 +132,56 @@ def relative_errors(f_tr: torch.Tensor, targets: torch.Tensor) -> list[float]:
     return ((f_tr - t).norm(dim=(1, 2)) / t.norm(dim=(1, 2)).clamp_min(1e-30)).tolist()
 
 
-def gp_curve(depth: int, t, margins: Sequence[float], *, constrained: bool, y_train=None, device=None) -> dict:
-    """Predicted test accuracy of the depth-``depth`` paper MLP's NNGP at ``margins`` (one network).
-
-    ``y_train`` overrides the task's training labels (e.g. random labels, or clean rows only).
-    """
+def gp_predictor(depth: int, t, *, constrained: bool = False, kind: str = "nngp", y_train=None, device=None):
+    """``predict(margins) -> (1, len(margins))``: exact predicted test accuracy of one network of the
+    depth-``depth`` paper MLP (``kind``: ``"nngp"`` posterior or ``"ntk"`` gradient descent to
+    convergence), from one posterior.  ``y_train`` overrides the task's training labels."""
     from gpmargin.kernels import paper_mlp
-    from gpmargin.predict import margin_curve
+    from gpmargin.predict import curve_from_posterior, posterior
+    from gpmargin.predict.inputs import check_labels
 
     x_tr, x_te = t.x_train, t.x_test
     if device is not None:
         x_tr, x_te = x_tr.to(device), x_te.to(device)
     y_tr = t.y_train if y_train is None else y_train
     nc = None if y_tr.is_floating_point() else int(t.num_classes)
-    curve = margin_curve(paper_mlp(depth, constrained=constrained), x_tr.double(), y_tr, x_te.double(), t.y_test,
-                         list(margins), ensemble=(1,), kind="nngp", num_classes=nc)
+    lab = check_labels(y_tr.to(x_tr.device), t.y_test.to(x_tr.device), num_classes=nc)
+    post = posterior(paper_mlp(depth, constrained=constrained), x_tr.double(), lab.targets(), x_te.double(), kind=kind)
+
+    def predict(margins):
+        return curve_from_posterior(post, lab.y_test, [float(a) for a in margins], (1,), num_classes=lab.num_classes)
+
+    return predict
+
+
+def gp_curve(depth: int, t, margins: Sequence[float], *, constrained: bool, kind: str = "nngp", y_train=None,
+             device=None) -> dict:
+    """Predicted test accuracy of the depth-``depth`` paper MLP at ``margins`` (one network):
+    NNGP posterior (``kind="nngp"``) or gradient descent to convergence (``kind="ntk"``).
+
+    ``y_train`` overrides the task's training labels (e.g. random labels, or clean rows only).
+    """
+    curve = gp_predictor(depth, t, constrained=constrained, kind=kind, y_train=y_train, device=device)(margins)
     return {"margins": [float(a) for a in margins], "accuracy": [float(v) for v in curve.accuracy[0]],
             "limit_accuracy": float(curve.limit_accuracy), "chance": float(curve.chance),
-            "kernel": f"paper_mlp(depth={depth}, constrained={constrained})", "jitter": float(curve.jitter)}
+            "kernel": f"paper_mlp(depth={depth}, constrained={constrained})", "kind": kind,
+            "jitter": float(curve.jitter)}
+
+
+def overlay_gaps(nets: Sequence[dict], depth: int, t, predictions: dict[str, dict], device=None) -> dict:
+    """Gap statistics (``validation.compare.gap_statistics``) of single networks ``nets`` (their
+    ``value`` is the target margin) against each prediction ``{name: gp_predictor kwargs}``."""
+    from validation.compare import gap_statistics
+
+    if not nets:
+        return {name: None for name in predictions}
+    margins = np.array([n["value"] for n in nets], dtype=np.float64)
+    measured = np.array([[n["test_accuracy"] for n in nets]], dtype=np.float64)
+    out = {}
+    for name, kw in predictions.items():
+        predict = gp_predictor(depth, t, device=device, **kw)
+        out[name] = gap_statistics(margins, (1,), measured, lambda m, p=predict: np.asarray(p(m).accuracy))
+    return out
 
 
 def histogram(values: Sequence[float], bins: np.ndarray) -> list[int]:

@@ -1,6 +1,6 @@
 """Fig 5 — three ways of changing the margin of 10-class MNIST nets (depth 2): (a) SGD with a
-small first-layer init scale sigma, (b) SGD with target scale alpha, (c) Nero with constraints and
-target scale alpha (NNGP prediction overlaid), (d) all three against the Frobenius-normalized
+small first-layer init scale sigma, (b) SGD with target scale alpha (NNGP and gradient-descent predictions
+overlaid), (c) Nero with constraints and target scale alpha (NNGP predictions overlaid), (d) all three against the Frobenius-normalized
 margin: nearly one curve.  See :mod:`paper_figures.margin_sweeps`.
 
 Paper settings: 1000 training images, depth 2, width 2048, sigma = 1e-4 * 2^i, alpha in
@@ -45,7 +45,19 @@ config = C.fixed_dataset_config(SCALES, NAME)
 def run(cfg, ctx):
     out = {g: ctx.unit(g, lambda g=g: S.train_group(cfg, g, ctx.device)) for g in GROUPS}
     out["gp"] = ctx.unit("gp", lambda: S.gp(cfg, ctx.device))
+    th = cfg["min_train_accuracy"]
+    out["gaps"] = ctx.unit("gaps", lambda: {g: S.gaps(cfg, out[g], ctx.device, th) for g in ("sgd_alpha", "nero_alpha")})
     return out
+
+
+#: drawn in panels (b) and (c): (prediction, style, label)
+OVERLAYS = {"sgd_alpha": (("paper", "k-", "NNGP, paper kernel"), ("gd", "-.", "gradient descent t=∞, paper kernel")),
+            "nero_alpha": (("paper", "k-", "NNGP, paper kernel"), ("constrained", "--", "NNGP, constrained kernel"))}
+
+
+def _max_gap(results, group, name) -> str:
+    g = results.get("gaps", {}).get(group, {}).get(name)
+    return "" if g is None else f" (max |gap| {100 * g['max_abs_gap']:.1f} pts at α={g['max_gap_margin']:.2g})"
 
 
 def claims(cfg, results):
@@ -89,10 +101,9 @@ def plot(cfg, results):
         ax.set_xscale("log")
         ax.axhline(0.1, color="0.5", ls=":", label="chance")
         param = "first-layer init scale σ" if g == "sgd_init" else "target scale α"
-        if g == "nero_alpha":
-            ax.plot(gp["paper"]["margins"], gp["paper"]["accuracy"], "k-", lw=1, label="NNGP, paper kernel")
-            ax.plot(gp["constrained"]["margins"], gp["constrained"]["accuracy"], "--", color="0.45", lw=1.5,
-                    label="NNGP, constrained kernel")
+        for name, fmt, lab in OVERLAYS.get(g, ()):
+            ax.plot(gp[name]["margins"], gp[name]["accuracy"], fmt, color="k" if fmt == "k-" else "0.4", lw=1.3,
+                    label=lab + _max_gap(results, g, name))
         C.style(ax, title=LABELS[g], xlabel=param, ylabel="test accuracy", fontsize="x-small")
     ax = axes[3]
     for g in GROUPS:

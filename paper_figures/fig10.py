@@ -1,6 +1,8 @@
 """Fig 10 — Fig 5(c) with a random-label twin at every target margin alpha: with the true labels test
 accuracy rises with the margin, with random training labels it stays at chance; the NNGP predicts
-both (the GP conditioned on the random training labels predicts chance).  See
+both (the GP conditioned on the random training labels predicts chance).  The gradient-descent
+prediction (``kind="ntk"``, trained to convergence, paper kernel: the constrained kernel has no
+NTK) is drawn beside it, and every prediction's gap statistics against the nets are saved.  See
 :mod:`paper_figures.margin_sweeps`.
 """
 
@@ -27,6 +29,8 @@ def run(cfg, ctx):
     out = {g: ctx.unit(g, lambda g=g: S.train_group(cfg, g, ctx.device)) for g in GROUPS}
     out["gp"] = ctx.unit("gp", lambda: S.gp(cfg, ctx.device))
     out["gp_random"] = ctx.unit("gp_random", lambda: S.gp(cfg, ctx.device, random_labels=True))
+    out["gaps"] = ctx.unit("gaps", lambda: {g: S.gaps(cfg, out[g], ctx.device, random_labels=g.endswith("_random"))
+                                            for g in GROUPS})
     return out
 
 
@@ -51,9 +55,14 @@ def plot(cfg, results):
         nets = results[g]["nets"]
         ax.plot([n["value"] for n in nets], [n["test_accuracy"] for n in nets], "o-", color=color,
                 label=f"trained nets, {lab}")
-    for key, color, lab in (("gp", "C0", "true"), ("gp_random", "C3", "random")):
-        c = results[key]["constrained"]
-        ax.plot(c["margins"], c["accuracy"], "--", color=color, lw=1.2, label=f"NNGP (constrained kernel), {lab} labels")
+    gaps = results.get("gaps", {})
+    for key, group, color, lab in (("gp", "nero_alpha", "C0", "true"), ("gp_random", "nero_alpha_random", "C3", "random")):
+        for name, fmt, what in (("constrained", "--", "NNGP (constrained kernel)"),
+                                ("gd", ":", "gradient descent t=∞ (paper kernel)")):
+            c = results[key][name]
+            g = gaps.get(group, {}).get(name)
+            worst = "" if g is None else f", max |gap| {100 * g['max_abs_gap']:.1f} pts"
+            ax.plot(c["margins"], c["accuracy"], fmt, color=color, lw=1.2, label=f"{what}, {lab} labels{worst}")
     ax.axhline(0.1, color="0.5", ls=":", label="chance (0.1)")
     ax.set_xscale("log")
     C.style(ax, xlabel="targeted normalized margin α (targets α·onehot, constrained weights)",

@@ -14,8 +14,10 @@ Measured per network: train and test accuracy and the Frobenius-normalized margi
 minimum so that nets with train accuracy in (0.9, 1) have a positive, plottable margin; both are
 saved).  Only networks with train accuracy above ``min_train_accuracy`` (0.9) are drawn.
 
-NNGP overlay: ``gpmargin.predict.margin_curve`` for the depth-2 paper kernel, unconstrained and
-with Nero's constraints, on the same train/test split.  For the Frobenius axis of Fig 5(d) the
+Overlays: the NNGP posterior of the depth-2 paper kernel, unconstrained and with Nero's
+constraints, and the gradient-descent prediction (``kind="ntk"``, trained to convergence, paper
+kernel), on the same train/test split, each with ``validation.compare.gap_statistics`` against the
+nets it is drawn beside.  For the Frobenius axis of Fig 5(d) the
 GP's margin alpha is mapped to ``alpha / prod_l ||W_l||_F`` of a constrained net (each row unit
 norm, so ``prod_l ||W_l||_F = sqrt(width * 10)``): a net fitted to ``alpha * onehot`` has
 training margins about alpha.
@@ -73,14 +75,26 @@ def train_group(cfg: dict, group: str, device) -> dict:
             "steps": res.steps, "data": C.data_info(t)}
 
 
+#: the predictions drawn beside the nets: NNGP posterior (paper and Nero-constrained kernels) and
+#: gradient descent to convergence (Lee et al. 2019; the constrained kernel has no NTK)
+PREDICTIONS = {"constrained": dict(constrained=True, kind="nngp"), "paper": dict(constrained=False, kind="nngp"),
+               "gd": dict(constrained=False, kind="ntk")}
+
+
 def gp(cfg: dict, device, random_labels: bool = False) -> dict:
     t = _task(cfg, random_labels=random_labels)
-    out = {"constrained": C.gp_curve(cfg["depth"], t, cfg["gp_margins"], constrained=True, device=device),
-           "paper": C.gp_curve(cfg["depth"], t, cfg["gp_margins"], constrained=False, device=device)}
+    out = {name: C.gp_curve(cfg["depth"], t, cfg["gp_margins"], device=device, **kw)
+           for name, kw in PREDICTIONS.items()}
     fro = math.sqrt(cfg["width"] * 10)
     for v in out.values():
         v["frobenius_normalized_margin"] = [a / fro for a in v["margins"]]
     return out
+
+
+def gaps(cfg: dict, group: dict, device, threshold: float = 0.0, random_labels: bool = False) -> dict:
+    """Gap statistics of the group's kept nets (train accuracy > ``threshold``) against every prediction."""
+    t = _task(cfg, random_labels=random_labels)
+    return C.overlay_gaps(kept(group, threshold), cfg["depth"], t, PREDICTIONS, device)
 
 
 def kept(group: dict, threshold: float) -> list[dict]:

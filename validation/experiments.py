@@ -28,6 +28,9 @@ import numpy as np
 from gpmargin.errors import GpmarginError
 
 SCALES = ("quick", "paper", "smoke")
+#: ``mlp``: the paper's MLP in the standard parameterisation; ``ntk-mlp``: the same network
+#: (``paper_mlp(depth).network(...)``) in the NTK parameterisation, for gradient descent
+MODELS = ("mlp", "ntk-mlp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +61,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0,)
     members: int = 16
     ensembles: tuple[int, ...] = (1, 2, 4, 8, 16)
-    # theory
+    # theory: "nngp" (NNGP predictions, Nero-trained nets) or "ntk" (gradient-descent predictions)
     gp_kind: str = "nngp"
 
     def __post_init__(self) -> None:
@@ -124,8 +127,11 @@ def validate_config(c: ExperimentConfig) -> None:
         raise GpmarginError(f"seeds must be distinct non-negative integers, got {c.seeds}")
     if c.depth < 1 or c.width < 1 or c.steps < 0 or c.n_train < 1:
         raise GpmarginError("depth, width and n_train must be positive and steps non-negative")
-    if c.model not in ("mlp",):
-        raise GpmarginError(f"unknown model {c.model!r} for a sweep: use 'mlp'")
+    if c.model not in MODELS:
+        raise GpmarginError(f"unknown model {c.model!r} for a sweep: use one of {', '.join(MODELS)}")
+    if c.gp_kind not in ("nngp", "ntk"):
+        raise GpmarginError(f"gp_kind={c.gp_kind!r}: use 'nngp' (NNGP predictions) or 'ntk' (gradient-descent "
+                            "predictions)")
     if c.dtype not in ("float32", "float64"):
         raise GpmarginError(f"dtype must be 'float32' or 'float64', got {c.dtype!r}")
     from validation.train import LOSSES, OPTIMIZERS
@@ -199,13 +205,52 @@ def fig6(scale: str) -> ExperimentConfig:
     raise GpmarginError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
 
 
+def gd(scale: str) -> ExperimentConfig:
+    """Gradient descent against its infinite-width theory (Lee et al. 2019).
+
+    MNIST parity (1000 train / 9000 test, as fig6), the depth-3 paper MLP (no biases, sqrt(2)
+    ReLU) in the NTK parameterisation (``paper_mlp(3).network(width, parameterization="ntk")``),
+    full-batch gradient descent with a constant learning rate on ``(1/2) mean((f(X) - alpha y)^2)``
+    -- neural-tangents' loss, so ``steps`` steps of size ``lr`` are its time ``t = steps`` with
+    learning rate ``lr`` (:func:`trained_time`).  ``lr = 1`` is stable: the largest NTK eigenvalue
+    on this split is 1067 = 1.07 N, below 2 N.  Margins from chance (0.01) to the limit (30),
+    ensembles 1-8.  Predictions: NNGP posterior, gradient descent at t = inf and at t = steps.
+    """
+    common = dict(name="gd", dataset="mnist", task="parity", depth=3, model="ntk-mlp", optimizer="sgd",
+                  loss="half_mse", lr=1.0, decay=1.0, gp_kind="ntk")
+    if scale == "paper":
+        return ExperimentConfig(scale="paper", n_train=1000, n_test=9000, width=4096, steps=3000,
+                                margins=_logspace(-2, 1.5, 15), seeds=(0, 1), members=8, ensembles=(1, 2, 4, 8),
+                                **common)
+    if scale == "quick":
+        return ExperimentConfig(scale="quick", n_train=1000, n_test=9000, width=512, steps=300,
+                                margins=_logspace(-2, 1.5, 6), seeds=(0,), members=8, ensembles=(1, 2, 4, 8),
+                                **common)
+    if scale == "smoke":
+        return ExperimentConfig(scale="smoke", n_train=200, n_test=1000, width=128, steps=60,
+                                margins=(0.03, 0.3, 3.0), seeds=(0,), members=4, ensembles=(1, 2, 4), **common)
+    raise GpmarginError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+
+
+def trained_time(config: ExperimentConfig) -> tuple[float, float]:
+    """``(time, learning_rate)`` of neural-tangents' gradient flow that ``config``'s training is.
+
+    ``steps`` gradient steps of size ``lr * decay**s`` on ``(1/2) mean((f - alpha y)^2)`` (the
+    ``half_mse`` loss, NT's normalisation) move the linearised network by ``exp(-lr * T * Theta / N)``
+    to first order in the step, with ``T = sum_{s < steps} decay**s`` (``= steps`` without decay).
+    """
+    d = float(config.decay)
+    T = float(config.steps) if d == 1.0 else (1.0 - d ** config.steps) / (1.0 - d)
+    return T, float(config.lr)
+
+
 def _measures(scale: str):
     from validation.population import measures
 
     return measures(scale)
 
 
-EXPERIMENTS: dict[str, Callable[[str], Any]] = {"fig6": fig6, "measures": _measures}
+EXPERIMENTS: dict[str, Callable[[str], Any]] = {"fig6": fig6, "gd": gd, "measures": _measures}
 
 
 def get_experiment(name: str, scale: str = "quick") -> ExperimentConfig:

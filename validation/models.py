@@ -204,3 +204,25 @@ def init_conv_weights(seed: int, in_shape, channels=(32, 32), width=512, dense_l
     net = Network.__new__(Network)
     _conv_network(net, in_shape, channels, width, dense_layers, outputs, init, sigma, [seed], False, dtype, None)
     return [w.detach() for w in net.weights]
+
+
+# ----------------------------------------------------------------------------------- sweeps
+def sweep_network(model: str, members: int, in_dim: int, depth: int, width: int, outputs: int, *, seed: int,
+                  dtype: torch.dtype, device) -> Network:
+    """The ensemble a validation sweep trains: ``"mlp"`` (:class:`EnsembleMLP`, standard
+    parameterisation) or ``"ntk-mlp"`` (``paper_mlp(depth).network(width, parameterization="ntk")``,
+    the network whose gradient-descent limit :mod:`gpmargin.predict.gradient` predicts)."""
+    if model == "ntk-mlp":
+        return paper_mlp(depth).network(width, in_shape=in_dim, parameterization="ntk", members=members, seed=seed,
+                                        outputs=outputs, dtype=dtype, device=device)
+    if model == "mlp":
+        return EnsembleMLP(members, in_dim, depth, width, outputs, seed=seed, dtype=dtype).to(device)
+    raise GpmarginError(f"unknown model {model!r} for a sweep: use 'mlp' or 'ntk-mlp'")
+
+
+def effective_weights(net: Network) -> list[torch.Tensor]:
+    """The matrices the network multiplies by, ``(k, out, *row)``: the weights in the standard
+    parameterisation, ``W_std / sqrt(fan_in) * theta`` in the NTK one (for norm-based measures)."""
+    from gpmargin.kernels.dense import AffineModule
+
+    return [m.weight.detach() * m.w_mult for m in net.layers if isinstance(m, AffineModule)]

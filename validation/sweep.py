@@ -35,7 +35,7 @@ from gpmargin.io import (
     run_metadata,
 )
 from validation.experiments import ExperimentConfig
-from validation.models import EnsembleMLP, member_seed
+from validation.models import effective_weights, member_seed, sweep_network
 from validation.train import make_optimizer, margin_targets, train
 
 LOSS_CHECKPOINTS = (0, 1, 10, 50, 100, 200, 300, 400, 500, 1000, 2000)
@@ -92,10 +92,10 @@ def train_ensemble(config: ExperimentConfig, task, margin: float, seed: int, dev
     outputs = 1 if binary else int(task.num_classes)
     targets = margin_targets(y_tr, margin, None if binary else outputs).to(device=device, dtype=dtype)
     t0 = time.perf_counter()
-    model = EnsembleMLP(config.members, x_tr.shape[1], config.depth, config.width, outputs, seed=seed,
-                        dtype=dtype).to(device)
+    model = sweep_network(config.model, config.members, x_tr.shape[1], config.depth, config.width, outputs,
+                          seed=seed, dtype=dtype, device=device)
     opt = make_optimizer(model, config.optimizer, config.lr)  # Nero projects the initial weights here
-    init = [w.detach().clone() for w in model.weights]
+    init = [w.clone() for w in effective_weights(model)]
     res = train(model, x_tr, targets, steps=config.steps, lr=config.lr, decay=config.decay, optimizer=opt,
                 loss=config.loss, tol=config.tol)
     f_tr = _chunked_forward(model, x_tr).double().cpu()  # (k, n, c)
@@ -114,7 +114,7 @@ def run_unit(config: ExperimentConfig, task, margin: float, seed: int, device: t
     per_member = []
     t_norm = float(targets.norm())
     for j in range(config.members):
-        ws = [w.detach()[j].double() for w in model.weights]
+        ws = [w[j].double() for w in effective_weights(model)]
         w0 = [w[j].double() for w in init]
         m = M.network_measures(ws, f_tr[j], y_tr, x_tr.double(), f_te[j], y_te, init_weights=w0, lipschitz=lip)
         m["member"] = j

@@ -24,7 +24,7 @@ from gpmargin.errors import GpmarginError
 from validation.nero import Nero
 
 OPTIMIZERS = ("nero", "nero-free", "sgd", "adam")
-LOSSES = ("norm", "mse")
+LOSSES = ("norm", "mse", "half_mse")
 
 
 def margin_targets(y: torch.Tensor, alpha: float, num_classes: int | None = None) -> torch.Tensor:
@@ -44,7 +44,9 @@ def per_network_loss(out: torch.Tensor, targets: torch.Tensor, loss: str = "norm
     """Loss of every network: ``(k,)`` for outputs ``(k, n, c)``, a 0-d tensor for ``(n, c)``.
 
     ``"norm"``: ``||f(X) - T||_F`` (the paper's margin-control loss);
-    ``"mse"``: ``mean((f(X) - T)^2)``.
+    ``"mse"``: ``mean((f(X) - T)^2)``;
+    ``"half_mse"``: ``mean((f(X) - T)^2) / 2`` (neural-tangents' loss: gradient descent on it with
+    step ``lr`` is NT's gradient flow with ``learning_rate = lr``, one step = one unit of time).
     """
     diff = out - targets.to(out.dtype)
     dims = (-2, -1)
@@ -52,6 +54,8 @@ def per_network_loss(out: torch.Tensor, targets: torch.Tensor, loss: str = "norm
         return diff.square().sum(dim=dims).sqrt()
     if loss == "mse":
         return diff.square().mean(dim=dims)
+    if loss == "half_mse":
+        return 0.5 * diff.square().mean(dim=dims)
     raise GpmarginError(f"unknown loss {loss!r}: use one of {LOSSES}")
 
 
