@@ -18,7 +18,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="train networks at controlled margins and compare with the GP prediction",
         description="Train ensembles of networks at controlled margins (Nero, loss ||f(X) - alpha Y||), "
                     "measure them, and compare their test accuracy with NNGP predictions. "
-                    "Resumable: rerun with the same --out to finish an interrupted sweep.")
+                    "Resumable: rerun with the same --out to finish an interrupted sweep. "
+                    "'measures' trains a population of networks and ranks generalization measures "
+                    "(Kendall tau, DIR/tau.csv/.json/.png).")
     p.add_argument("experiment", help=f"experiment name ({', '.join(sorted(EXPERIMENTS))})")
     p.add_argument("--scale", default="quick", help=f"one of {', '.join(SCALES)} (default quick)")
     p.add_argument("--out", required=True, help="output folder (created; reused to resume)")

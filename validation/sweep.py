@@ -10,6 +10,13 @@ A rerun with the same DIR and config skips finished units, so a sweep killed at 
 (SIGKILL included) resumes to the same complete set.  A torn last line left by a kill is cut
 off before anything is appended (so it can never be glued to the next record); a folder
 holding another config's results is refused.
+
+Units.  By default a unit is one (margin, seed) of an :class:`ExperimentConfig` run by
+:func:`run_unit`.  An experiment with other units (e.g. ``measures``: one network per point of a
+hyperparameter grid) gives its config ``units() -> [Unit]``, ``record_key(record)``, a
+``unit_function`` (a plain top-level function ``fn(config, task, *unit.args, device) -> record``)
+and optionally ``progress_fields(record)``; the loop, the resume and the folder checks are this
+module's for every experiment.
 """
 
 from __future__ import annotations
