@@ -119,14 +119,19 @@ def slice_1d(model: torch.nn.Module, loss_fn: LossFn, train: Data, direction: Se
     _check_center(model, loss_fn, train)
     a = _coefficients(coefficients, "coefficients")
     d = list(direction) if direction is not None else random_direction(model, seed, weights=theta)
+    return {"coefficients": a, **_along_line(model, theta, d, a, loss_fn, train, test, progress, "1-D slice", theta)}
+
+
+def _along_line(model, base, direction, coefficients, loss_fn, train, test, progress, desc, restore) -> dict:
+    """Train (and test) loss and accuracy at ``base + c * direction`` for each ``c``; then ``restore``."""
     rows: list[dict[str, float]] = []
     try:
-        for c in _maybe_tqdm(a, progress, "1-D slice"):
-            set_weights(model, theta, [d], [c])
+        for c in _maybe_tqdm(coefficients, progress, desc):
+            set_weights(model, base, [direction], [c])
             rows.append(_evaluate_sets(model, loss_fn, train, test))
     finally:
-        set_weights(model, theta)
-    return {"coefficients": a, **{k: np.array([r[k] for r in rows]) for k in rows[0]}}
+        set_weights(model, restore)
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
 def slice_2d(model: torch.nn.Module, loss_fn: LossFn, train: Data,
@@ -164,15 +169,8 @@ def interpolate(model: torch.nn.Module, theta_a: Sequence[torch.Tensor], theta_b
         raise GpmarginError("theta_a and theta_b must have the model's parameter shapes (use get_weights(model))")
     a = _coefficients(coefficients, "coefficients")
     diff = [tb.to(ta.dtype) - ta for ta, tb in zip(theta_a, theta_b)]
-    rows = []
-    try:
-        for c in _maybe_tqdm(a, progress, "interpolation"):
-            set_weights(model, theta_a, [diff], [c])
-            rows.append(_evaluate_sets(model, loss_fn, train, test))
-    finally:
-        set_weights(model, own)
-    return {"coefficients": a, **{k: np.array([r[k] for r in rows]) for k in rows[0]},
-            "distance": norm(diff)}
+    return {"coefficients": a, **_along_line(model, theta_a, diff, a, loss_fn, train, test, progress, "interpolation",
+                                            own), "distance": norm(diff)}
 
 
 def _log_ball_volume(dim: int) -> float:
