@@ -36,6 +36,9 @@ FIGURES: dict[str, str] = {
     "fig8": "paper_figures.fig08",
     "fig9": "paper_figures.fig09",
     "fig10": "paper_figures.fig10",
+    # probes of trained networks (gpmargin.probes), beyond the paper
+    "landscape": "paper_figures.landscape",
+    "walk": "paper_figures.walk",
 }
 
 SCALES = ("smoke", "quick", "paper")

@@ -190,3 +190,19 @@ def test_config_errors():
         get_figure("fig9").config("smoke", "imagenet")
     assert get_figure("fig9").config("paper")["substitution"] is None
     assert get_figure("fig09") is get_figure("fig9")
+
+
+def test_walk_and_landscape_probe_figures(smoke_runs, request):
+    _, d = smoke_runs("walk", request)
+    for r in d["results"].values():
+        # no gradient before the first step: NaN is stored as null, never as a number
+        assert r["grad_cosine"][0] is None and all(-1 <= v <= 1 for v in r["grad_cosine"][1:])
+        assert len(r["segment_loss"][0]) == 11 and all(v >= 0 for v in r["valley_floor"])
+    _, d = smoke_runs("landscape", request)
+    ip = d["results"]["interpolation"]
+    assert ip["coefficients"][0] == -0.5 and ip["coefficients"][-1] == 1.5
+    for w in ("control", "attacked"):
+        s = d["results"][w]["slices"]
+        mid = len(s["slices"][0]["train_loss"]) // 2  # coefficient 0 is the network itself
+        assert s["slices"][0]["train_loss"][mid] == pytest.approx(s["own"]["train"]["loss"], rel=1e-5)
+        assert 0 < d["results"][w]["basin"]["radius"] <= d["config"]["max_radius"]

@@ -24,7 +24,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("experiment", help="experiment name: fig6 (Nero at controlled margins vs the NNGP), "
                    "gd (gradient descent vs its NTK theory), minnorm (Minnorm vs Nero vs SGD with early stopping / weight decay, accuracy against "
                    "normalized margins with the NNGP at each net's margin), large_batch (Fashion-MNIST F1 net: "
-                   "small vs large batch and the remedies ghost BN, sqrt lr, regime adaptation; distance from init)")
+                   "small vs large batch and the remedies ghost BN, sqrt lr, regime adaptation; distance from init), "
+                   "measures (a population of networks; Kendall tau of generalization measures, DIR/tau.csv/.json/.png)")
     p.add_argument("--scale", default="quick", help=f"one of {', '.join(SCALES)} (default quick)")
     p.add_argument("--out", required=True, help="output folder (created; reused to resume)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")

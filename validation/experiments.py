@@ -306,8 +306,15 @@ def _large_batch(scale: str) -> ExperimentConfig:
     return large_batch(scale)
 
 
+def _measures(scale: str):
+    from validation.population import measures
+
+    return measures(scale)
+
+
 EXPERIMENTS: dict[str, Callable[[str], ExperimentConfig]] = {"fig6": fig6, "gd": gd, "minnorm": _minnorm,
-                                                               "large_batch": _large_batch}
+                                                               "large_batch": _large_batch,
+                                                               "measures": _measures}
 
 
 def get_experiment(name: str, scale: str = "quick") -> ExperimentConfig:
