@@ -78,10 +78,6 @@ class Posterior:
     train: "Posterior | None" = None
 
 
-def _check_kind(kind: str) -> str:
-    return check_kind(kind)
-
-
 def check_prediction(kernel, kind: str, time=None, learning_rate=1.0) -> tuple[str, float | None, float]:
     """Validate ``kind``, ``time`` and ``learning_rate`` for ``kernel`` (at the API boundary).
 
