@@ -353,6 +353,8 @@ def margin_curve(
     num_classes: int | None = None,
     device=None,
     progress: bool = False,
+    kernel_store=None,
+    memory: int | None = None,
 ) -> MarginCurve:
     """Predicted test accuracy of networks trained to each margin (the paper's GP model).
 
@@ -375,6 +377,11 @@ def margin_curve(
     num_classes : multi-class only, defaults to ``1 + max(label)``.
     device : torch device for the computation (default: that of ``x_train`` if a tensor, else CPU).
     progress : show a tqdm bar while the test kernel is computed.
+    kernel_store : path of a store made by ``gpmargin kernel`` /
+        :func:`gpmargin.distributed.compute_kernel_store` for exactly these inputs (and ``kernel``,
+        which may then be None): its matrices are used instead of calling the kernel, and the
+        posterior is solved out of core (:func:`gpmargin.distributed.blocked.stored_posterior`,
+        ``memory`` bytes of working memory, default 8 GiB), the factor kept in the store.
 
     Returns
     -------
@@ -403,7 +410,13 @@ def margin_curve(
     t0 = time.perf_counter()
     duplicates = check_conflicting_duplicates(xtr, labels)
     t_check = time.perf_counter() - t0
-    post = posterior(kernel, xtr, labels.targets(), xte, kind=kind, progress=progress)
+    if kernel_store is not None:
+        from gpmargin.distributed.blocked import DEFAULT_MEMORY, stored_posterior
+
+        post = stored_posterior(kernel_store, xtr, xte, labels.targets(), kind=kind, kernel=kernel,
+                                memory=memory or DEFAULT_MEMORY, progress=progress, device=device)
+    else:
+        post = posterior(kernel, xtr, labels.targets(), xte, kind=kind, progress=progress)
     post.timings["checks"] = t_check
     curve = curve_from_posterior(post, labels.y_test, margins, ensemble, num_classes=labels.num_classes)
     curve.info.update({"n_train": int(xtr.shape[0]), "n_test": int(xte.shape[0]), "duplicated_train_inputs": duplicates})
