@@ -52,7 +52,7 @@ from gpmargin.linalg import (
     warn_jitter,
 )
 
-__all__ = ["blocked_cholesky", "blocked_solve", "stored_posterior", "panel_tiles", "DEFAULT_MEMORY"]
+__all__ = ["blocked_cholesky", "blocked_solve", "stored_posterior", "discard_factor", "panel_tiles", "DEFAULT_MEMORY"]
 
 #: Working memory of the blocked solves (bytes) unless told otherwise.
 DEFAULT_MEMORY = 8 * 2**30
@@ -91,6 +91,14 @@ def _write_state(store: KernelStore, kind: str, state: dict) -> None:
         raise
 
 
+def discard_factor(store, kind: str = "nngp") -> None:
+    """Forget the stored factor of ``kind`` (the next solve factorises again, e.g. with another ``memory``)."""
+    ks = store if isinstance(store, KernelStore) else KernelStore.open(store)
+    _state_path(ks, kind).unlink(missing_ok=True)
+    for marker in (ks.path / "done").glob(f"factor-{kind}-*"):
+        marker.unlink()
+
+
 def _ensure_factor_array(store: KernelStore, kind: str) -> None:
     import zarr
     from zarr.codecs import Crc32cCodec
@@ -119,10 +127,10 @@ def _read_panel(store: KernelStore, kind: str, j0: int, j1: int, device) -> torc
         c0, c1 = store.bounds(j, n)
         strip = store.read(kind, "train", (slice(c0, c1), slice(c0, n)))  # tiles (j, i >= j)
         A[c0 - p :, c0 - p : c1 - p] = strip.T  # rows i >= j of tile column j
-    A = torch.from_numpy(A).to(device)
-    D = A[: q - p]
-    D.copy_(torch.tril(D) + torch.tril(D, -1).T)  # the block above the diagonal mirrored
-    return A
+    for j in range(j0, j1 - 1):  # tiles above the diagonal inside the panel: mirrors of those below
+        c0, c1 = store.bounds(j, n)
+        A[c0 - p : c1 - p, c1 - p :] = A[c1 - p : q - p, c0 - p : c1 - p].T
+    return torch.from_numpy(A).to(device)
 
 
 def blocked_cholesky(store, kind: str = "nngp", *, memory: int = DEFAULT_MEMORY, progress: bool = False,
