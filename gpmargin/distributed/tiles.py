@@ -84,7 +84,8 @@ def run_unit(path: str, config: dict[str, Any], task: tuple, kernel, xa, xb, kin
     return seconds
 
 
-def _inputs(store: KernelStore, task: tuple, train_blocks, test_blocks):
+def _inputs(task: tuple, train_blocks, test_blocks):
+    """The input blocks of a unit (tensors, or Dask futures of them)."""
     name, *index = task
     if name == "train":
         return train_blocks[index[0]], train_blocks[index[1]]
@@ -151,7 +152,7 @@ def compute_kernel_store(kernel, x_train, x_test, store, *, kinds=("nngp",), til
     try:
         if client is None:
             for task in todo:
-                xa, xb = _inputs(ks, task, train_blocks, test_blocks)
+                xa, xb = _inputs(task, train_blocks, test_blocks)
                 run_unit(str(ks.path), ks.config, task, kernel, xa, xb, kinds, device)
                 if bar is not None:
                     bar.update(1)
@@ -175,7 +176,7 @@ def _run_on_dask(client, ks, todo, kernel, train_blocks, test_blocks, kinds, dev
     test_f = client.scatter(test_blocks)
     futures = []
     for task in todo:
-        xa, xb = _inputs(ks, task, train_f, test_f)
+        xa, xb = _inputs(task, train_f, test_f)
         futures.append(client.submit(run_unit, str(ks.path), ks.config, task, kernel_f, xa, xb, kinds, device,
                                      pure=False, key=f"gpmargin-kernel-{'-'.join(map(str, task))}-{ks.path.name}"))
     try:
