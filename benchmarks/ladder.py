@@ -248,26 +248,31 @@ def plot() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for path, style in (("memory", "o-"), ("store", "s-"), ("nt", "^--")):
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    names = {"memory": "in memory (gpmargin predict)", "store": "store + out of core (kernel; predict --kernel-store)",
+             "nt": "neural-tangents (nt.batch, jit)"}
+    colors = {"memory": "C0", "store": "C1", "nt": "C2"}
+    for path in ("memory", "store", "nt"):
         rows = sorted((n, r) for (n, p), r in latest.items() if p == path and r.get("rc") == 0)
         if not rows:
             continue
         ns = [n for n, _ in rows]
-        if path == "nt":
-            a1.plot(ns, [r["nt_kernel_s"] for _, r in rows], style, label="neural-tangents NNGP kernel (nt.batch)")
-            continue
-        label = "in memory (gpmargin predict)" if path == "memory" else "store + out of core (kernel, predict --kernel-store)"
-        a1.plot(ns, [r["wall_s"] for _, r in rows], style, label=label)
-        a2.plot(ns, [r["peak_rss_bytes"] / 2**30 for _, r in rows], style, label=label)
+        if path != "nt":
+            a1.plot(ns, [r["wall_s"] for _, r in rows], "o-", color=colors[path], label=f"{names[path]}: whole")
+        kern = [(r["timings"]["kernel_train"] + r["timings"]["kernel_test"]) if path == "memory"
+                else r["kernel_wall_s"] if path == "store" else r["nt_kernel_s"] for _, r in rows]
+        a1.plot(ns, kern, "s--" if path != "nt" else "^--", color=colors[path], alpha=0.8,
+                label=f"{names[path]}: kernel only")
+        a2.plot(ns, [r["peak_rss_bytes"] / 2**30 for _, r in rows], "o-" if path != "nt" else "^--",
+                color=colors[path], label=names[path])
     a1.set(xscale="log", yscale="log", xlabel="training images n (log scale)", ylabel="wall time, s (log scale)",
-           title="Fashion-MNIST 10-class, depth-5 MLP NNGP, 2,000 test")
+           title="Fashion-MNIST 10-class, depth-5 MLP NNGP, 2,000 test\n(shared 2-core CPU: see the load column)")
     a2.set(xscale="log", xlabel="training images n (log scale)", ylabel="peak resident memory, GiB",
            title="peak RSS per process (2-core CPU, 24 GiB)")
     a2.axhline(16, color="0.5", ls=":", label="16 GiB target")
     for a in (a1, a2):
         a.grid(True, which="both", alpha=0.3)
-        a.legend(fontsize="small")
+        a.legend(fontsize="x-small")
     path = atomic_savefig(fig, RECORDS.parent / "ladder.png")
     print(f"wrote {path}")
     return 0
