@@ -100,6 +100,9 @@ def test_jitter_policy_and_report_match_safe_cholesky(tmp_path, task, kernel):
     # to ~1e-11 in the means; 1e-10 still separates it from any real difference
     assert (post.mean - ref.mean).abs().max() < 1e-10
     assert (post.std - ref.std).abs().max() < 1e-10
+    with pytest.warns(JitterWarning, match="added jitter 1e-10"):  # the stored factor, reused, is reported too
+        again = stored_posterior(s, x, task.x_test, targets)
+    assert again.jitter == post.jitter
     discard_factor(s)
     with pytest.raises(GpmarginError, match="not positive definite even with jitter") as err:
         blocked_cholesky(s, max_rel_jitter=1e-12, warn=False)

@@ -151,7 +151,10 @@ def blocked_cholesky(store, kind: str = "nngp", *, memory: int = DEFAULT_MEMORY,
     n, t = ks.n_train, ks.tile_size
     nb, _ = ks.tiles
     state = _read_state(ks, kind)
-    if state and state.get("status") == "done":
+    name = f"training {kind.upper()} matrix"
+    if state and state.get("status") == "done":  # reused: reported like a fresh factorisation
+        if state["jitter"] and warn:
+            warn_jitter(name, state["jitter"], state["rel_jitter"])
         return float(state["jitter"])
     _ensure_factor_array(ks, kind)
     scale = _train_scale(ks, kind)
@@ -163,7 +166,6 @@ def blocked_cholesky(store, kind: str = "nngp", *, memory: int = DEFAULT_MEMORY,
     if state is not None:  # resume: the attempt and panel plan of the stopped run
         jitters = [j for _, j in attempts]
         first = jitters.index(state["jitter"]) if state["jitter"] in jitters else 0
-    name = f"training {kind.upper()} matrix"
     for a in range(first, len(attempts)):
         rel, jitter = attempts[a]
         resumed = state is not None and a == first and state.get("jitter") == jitter
