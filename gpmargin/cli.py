@@ -5,6 +5,7 @@ Each subcommand lives beside the code it drives and registers itself here throug
 
     gpmargin data info            gpmargin.data.cli
     gpmargin predict ...          gpmargin.predict.cli
+    gpmargin kernel ...           gpmargin.distributed.cli
     gpmargin validate ...         validation.cli
     gpmargin figure ...           paper_figures.cli
 
@@ -24,6 +25,7 @@ from gpmargin.errors import GpmarginError
 SUBCOMMAND_MODULES = (
     "gpmargin.data.cli",
     "gpmargin.predict.cli",
+    "gpmargin.distributed.cli",
     "validation.cli",
     "paper_figures.cli",
 )

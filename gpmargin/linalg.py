@@ -22,7 +22,8 @@ import torch
 
 from gpmargin.errors import GpmarginError
 
-__all__ = ["safe_cholesky", "cholesky_solve", "JitterWarning"]
+__all__ = ["safe_cholesky", "cholesky_solve", "JitterWarning", "jitter_ladder", "pivot_floor", "factor_ok",
+           "warn_jitter", "not_positive_definite"]
 
 START_REL_JITTER = 1e-10
 MAX_REL_JITTER = 1e-3
@@ -40,13 +41,46 @@ def _as_float64(K) -> torch.Tensor:
     return K
 
 
-def _factor_ok(L: torch.Tensor, info: torch.Tensor, floor: float) -> bool:
+def factor_ok(L: torch.Tensor, info: torch.Tensor, floor: float) -> bool:
+    """Did ``cholesky_ex`` succeed with every pivot ``L_jj**2`` above ``floor``?"""
     if int(info) != 0:
         return False
     d = torch.diagonal(L)
     if not bool(torch.isfinite(d).all()):
         return False
     return bool((d * d).min() > floor)
+
+
+def pivot_floor(n: int, scale: float) -> float:
+    """Round-off floor ``10 * n * eps * scale`` below which a squared pivot counts as a failure."""
+    return 10.0 * n * torch.finfo(torch.float64).eps * scale
+
+
+def jitter_ladder(scale: float, start_rel_jitter: float = START_REL_JITTER,
+                  max_rel_jitter: float = MAX_REL_JITTER):
+    """The (relative, absolute) jitters tried after the plain factorisation failed:
+    ``start * scale``, then x10 each time, up to ``max * scale``."""
+    rel = start_rel_jitter
+    while rel <= max_rel_jitter * (1 + 1e-9):
+        yield rel, rel * scale
+        rel *= 10.0
+
+
+def warn_jitter(name: str, jitter: float, rel: float, stacklevel: int = 3) -> None:
+    warnings.warn(
+        f"{name} is numerically singular; added jitter {jitter:.3g} "
+        f"({rel:.0e} x mean diagonal) to factorise it",
+        JitterWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def not_positive_definite(name: str, n: int, max_rel_jitter: float) -> GpmarginError:
+    return GpmarginError(
+        f"{name} ({n}x{n}) is not positive definite even with jitter "
+        f"{max_rel_jitter:.0e} x mean diagonal; check for NaNs, an invalid kernel, or inputs "
+        f"that make it indefinite"
+    )
 
 
 def safe_cholesky(
@@ -91,33 +125,20 @@ def safe_cholesky(
     scale = float(diag.mean())
     if not scale > 0:
         raise GpmarginError(f"{name} has a non-positive mean diagonal ({scale:g}); it is not a covariance")
-    eps = torch.finfo(torch.float64).eps
-    floor = 10.0 * n * eps * scale
+    floor = pivot_floor(n, scale)
 
     L, info = torch.linalg.cholesky_ex(K)
-    if _factor_ok(L, info, floor):
+    if factor_ok(L, info, floor):
         return L, 0.0
 
     eye = torch.eye(n, dtype=K.dtype, device=K.device)
-    rel = start_rel_jitter
-    while rel <= max_rel_jitter * (1 + 1e-9):
-        jitter = rel * scale
+    for rel, jitter in jitter_ladder(scale, start_rel_jitter, max_rel_jitter):
         L, info = torch.linalg.cholesky_ex(K + jitter * eye)
-        if _factor_ok(L, info, floor):
+        if factor_ok(L, info, floor):
             if warn:
-                warnings.warn(
-                    f"{name} is numerically singular; added jitter {jitter:.3g} "
-                    f"({rel:.0e} x mean diagonal) to factorise it",
-                    JitterWarning,
-                    stacklevel=2,
-                )
+                warn_jitter(name, jitter, rel)
             return L, float(jitter)
-        rel *= 10.0
-    raise GpmarginError(
-        f"{name} ({n}x{n}) is not positive definite even with jitter "
-        f"{max_rel_jitter:.0e} x mean diagonal; check for NaNs, an invalid kernel, or inputs "
-        f"that make it indefinite"
-    )
+    raise not_positive_definite(name, n, max_rel_jitter)
 
 
 def cholesky_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:

@@ -30,19 +30,8 @@ def register(subparsers) -> None:
             "accuracy of networks trained to each margin alpha (single networks and ensemble averages)."
         ),
     )
-    p.add_argument("--dataset", default=None,
-                   help="digits (default, bundled), mnist, fashion_mnist or cifar10")
-    p.add_argument("--task", default="parity", help="parity (default), pair:A,B (e.g. pair:3,8) or multiclass")
-    p.add_argument("--n-train", type=int, default=None,
-                   help="training examples (default: digits' whole train split, else 1000)")
-    p.add_argument("--n-test", type=int, default=None,
-                   help="test examples (default: every remaining / available test example)")
-    p.add_argument("--arch", default="paper-mlp", choices=ARCHS, help="architecture (default paper-mlp)")
-    p.add_argument("--depth", type=int, default=None,
-                   help="weight layers: paper-mlp weight matrices (default 5); paper-cnn 2 conv + dense "
-                        "layers (>= 3, default 4)")
-    p.add_argument("--constrained", action="store_true", help="use the exact kernel of Nero-constrained networks (zero-mean, unit-norm weight rows) "
-                        "instead of the paper's Gaussian kernel")
+    add_task_arguments(p)
+    add_arch_arguments(p)
     p.add_argument("--kind", default="nngp", choices=("nngp", "ntk", "ntkgp"),
                    help="prediction: nngp (default, the paper's NNGP posterior), ntk (networks trained by gradient "
                         "descent on the squared error, Lee et al. 2019) or ntkgp (a GP with the NTK as covariance)")
@@ -55,17 +44,43 @@ def register(subparsers) -> None:
                    help="LO:HI:N (N log-spaced margins), a comma list, or auto (default: chance to limit)")
     p.add_argument("--ensemble", default=DEFAULT_ENSEMBLE,
                    help=f"ensemble sizes, comma list (default {DEFAULT_ENSEMBLE})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/test subsets (default 0)")
     p.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"), help="compute device (default auto)")
     p.add_argument("--threads", default="auto",
                    help="CPU threads for torch: a number, or auto (default: the cores not busy according to "
                         "the 1-minute load average, at least 1)")
-    p.add_argument("--data-root", default=None, help="extra folder searched first for dataset files")
     p.add_argument("--per-example", action="store_true",
                    help="also save per-test-point probabilities, means and stds in curve.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--kernel-store", default=None, metavar="STORE",
+                   help="reuse the kernel matrices of `gpmargin kernel --out STORE` (same data, task, sizes, seed and "
+                        "architecture) and solve out of core; the Cholesky factor is kept in the store for the next run")
+    p.add_argument("--memory", type=float, default=8.0, metavar="GIB",
+                   help="working memory of the out-of-core solves with --kernel-store, GiB (default 8)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=run)
+
+
+def add_task_arguments(p) -> None:
+    """The data options shared by ``gpmargin predict`` and ``gpmargin kernel`` (read by :func:`load_task`)."""
+    p.add_argument("--dataset", default=None,
+                   help="digits (default, bundled), mnist, fashion_mnist or cifar10")
+    p.add_argument("--task", default="parity", help="parity (default), pair:A,B (e.g. pair:3,8) or multiclass")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="training examples (default: digits' whole train split, else 1000)")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="test examples (default: every remaining / available test example)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test subsets (default 0)")
+    p.add_argument("--data-root", default=None, help="extra folder searched first for dataset files")
+
+
+def add_arch_arguments(p) -> None:
+    """The architecture options shared by ``gpmargin predict`` and ``gpmargin kernel`` (see :func:`kernel_from_args`)."""
+    p.add_argument("--arch", default="paper-mlp", choices=ARCHS, help="architecture (default paper-mlp)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="weight layers: paper-mlp weight matrices (default 5); paper-cnn 2 conv + dense "
+                        "layers (>= 3, default 4)")
+    p.add_argument("--constrained", action="store_true", help="use the exact kernel of Nero-constrained networks (zero-mean, unit-norm weight rows) "
+                        "instead of the paper's Gaussian kernel")
 
 
 def _float_arg(flag: str):
@@ -109,7 +124,8 @@ def _threads(spec: str) -> int:
     return max(1, min(n, int((os.cpu_count() or n) - load + 0.5)))
 
 
-def _kernel(args):
+def kernel_from_args(args):
+    """The kernel object of ``--arch``, ``--depth``, ``--constrained``."""
     from gpmargin import kernels
     from gpmargin.errors import GpmarginError
 
@@ -120,6 +136,47 @@ def _kernel(args):
     if args.depth < 3:
         raise GpmarginError(f"--depth for paper-cnn counts 2 conv layers plus >= 1 dense layer: at least 3, got {args.depth}")
     return kernels.paper_cnn(dense_layers=args.depth - 2, constrained=args.constrained)
+
+
+def load_task(args):
+    """The task of ``--dataset``, ``--task``, ``--n-train``, ``--n-test``, ``--seed``, ``--data-root``
+    (flattened for paper-mlp); also fills ``args.depth`` when unset."""
+    from gpmargin.errors import GpmarginError
+
+    if args.depth is None:
+        args.depth = 5 if args.arch == "paper-mlp" else 4
+    dataset = (args.dataset or "digits").lower()
+    from gpmargin.data import make_task
+
+    n_train = args.n_train if args.n_train is not None else _default_n_train(dataset, args.task, args.data_root)
+    task = make_task(
+        dataset,
+        args.task,
+        n_train=n_train,
+        n_test=args.n_test,
+        seed=args.seed,
+        flatten=args.arch != "paper-cnn",
+        root=args.data_root,
+    )
+
+    if args.arch == "paper-cnn" and min(task.x_train.shape[-2:]) < 9:
+        raise GpmarginError(
+            f"paper-cnn has two 5x5 'valid' convolutions and needs images of at least 9x9 pixels; "
+            f"{dataset} images are {task.x_train.shape[-2]}x{task.x_train.shape[-1]}: use --dataset mnist "
+            f"(or fashion_mnist, cifar10) or --arch paper-mlp"
+        )
+    return task
+
+
+def _store_options(args) -> dict:
+    """``kernel_store`` and ``memory`` for :func:`~gpmargin.predict.curve.margin_curve` (none without --kernel-store)."""
+    if not args.kernel_store:
+        return {}
+    from gpmargin.errors import GpmarginError
+
+    if not args.memory > 0:
+        raise GpmarginError(f"--memory must be a positive number of GiB, got {args.memory:g}")
+    return {"kernel_store": args.kernel_store, "memory": int(args.memory * 2**30)}
 
 
 def _default_n_train(dataset: str, task: str, root) -> int:
@@ -155,8 +212,6 @@ def _run(args: argparse.Namespace) -> int:
     from gpmargin.errors import GpmarginError
     from gpmargin.io import resolve_device
 
-    if args.depth is None:
-        args.depth = 5 if args.arch == "paper-mlp" else 4
     from gpmargin.predict.inputs import check_margins, parse_ensemble, parse_margins
 
     margins = parse_margins(args.margins)
@@ -172,30 +227,13 @@ def _run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
-        from gpmargin.data import make_task
-
-        n_train = args.n_train if args.n_train is not None else _default_n_train(dataset, args.task, args.data_root)
-        task = make_task(
-            dataset,
-            args.task,
-            n_train=n_train,
-            n_test=args.n_test,
-            seed=args.seed,
-            flatten=args.arch != "paper-cnn",
-            root=args.data_root,
-        )
+        task = load_task(args)
         timings["data"] = time.perf_counter() - t0
         for w in caught:
             notes.append(str(w.message))
         caught.clear()
 
-        if args.arch == "paper-cnn" and min(task.x_train.shape[-2:]) < 9:
-            raise GpmarginError(
-                f"paper-cnn has two 5x5 'valid' convolutions and needs images of at least 9x9 pixels; "
-                f"{dataset} images are {task.x_train.shape[-2]}x{task.x_train.shape[-1]}: use --dataset mnist "
-                f"(or fashion_mnist, cifar10) or --arch paper-mlp"
-            )
-        kernel = _kernel(args)
+        kernel = kernel_from_args(args)
         from gpmargin.predict.curve import margin_curve
 
         curve = margin_curve(
@@ -211,6 +249,7 @@ def _run(args: argparse.Namespace) -> int:
             learning_rate=args.lr,
             num_classes=task.num_classes if task.num_classes > 2 else None,
             progress=not args.no_progress,
+            **_store_options(args),
         )
         for w in caught:
             notes.append(str(w.message))
@@ -237,6 +276,8 @@ def _run(args: argparse.Namespace) -> int:
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
+    if args.kernel_store:
+        config["kernel_store"] = str(args.kernel_store)
     curve.info.update({"data": task.info, "warnings": notes})
     timings.update(curve.timings)
 

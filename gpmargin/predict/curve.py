@@ -386,6 +386,8 @@ def margin_curve(
     num_classes: int | None = None,
     device=None,
     progress: bool = False,
+    kernel_store=None,
+    memory: int | None = None,
 ) -> MarginCurve:
     """Predicted test accuracy of networks trained to each margin.
 
@@ -417,6 +419,11 @@ def margin_curve(
     num_classes : multi-class only, defaults to ``1 + max(label)``.
     device : torch device for the computation (default: that of ``x_train`` if a tensor, else CPU).
     progress : show a tqdm bar while the test kernel is computed.
+    kernel_store : path of a store made by ``gpmargin kernel`` /
+        :func:`gpmargin.distributed.compute_kernel_store` for exactly these inputs (and ``kernel``,
+        which may then be None): its matrices are used instead of calling the kernel, and the
+        posterior is solved out of core (:func:`gpmargin.distributed.blocked.stored_posterior`,
+        ``memory`` bytes of working memory, default 8 GiB), the factor kept in the store.
 
     Returns
     -------
@@ -446,8 +453,21 @@ def margin_curve(
     t0 = _time.perf_counter()
     duplicates = check_conflicting_duplicates(xtr, labels)
     t_check = _time.perf_counter() - t0
-    post = posterior(kernel, xtr, labels.targets(), xte, kind=kind, time=time, learning_rate=learning_rate,
-                     progress=progress)
+    if kernel_store is not None:
+        from gpmargin.distributed.blocked import DEFAULT_MEMORY, stored_posterior
+
+        if kind == "ntk" or time is not None:
+            raise GpmarginError(
+                "kernel_store: a stored kernel gives the NNGP posterior (kind='nngp') or the NTK-GP "
+                "(kind='ntkgp') at convergence; the gradient-descent prediction (kind='ntk', time=) "
+                "needs the in-memory path: drop kernel_store")
+        matrix = "nngp" if kind == "nngp" else "ntk"  # the store names matrices by get=
+        post = stored_posterior(kernel_store, xtr, xte, labels.targets(), kind=matrix, kernel=kernel,
+                                memory=memory or DEFAULT_MEMORY, progress=progress, device=device)
+        post.kind = kind
+    else:
+        post = posterior(kernel, xtr, labels.targets(), xte, kind=kind, time=time, learning_rate=learning_rate,
+                         progress=progress)
     post.timings["checks"] = t_check
     curve = curve_from_posterior(post, labels.y_test, margins, ensemble, num_classes=labels.num_classes,
                                  y_train=labels.y_train)
