@@ -116,18 +116,12 @@ class Serial(Layer):
                 outputs: int = 1, dtype: torch.dtype = torch.float32, device="cpu"):
         """The finite networks this kernel is the infinite-width limit of (stax's ``init_fn/apply_fn``).
 
-        width : units of every affine layer but the last (an int, or one int per such layer;
-            channels for convolutions).
-        in_shape : shape of one input example, ``d`` or ``(C, H, W)``.
-        parameterization : ``"ntk"`` (``h = W_std/sqrt(n) * theta x + b_std * beta``, standard
-            normal parameters) or ``"standard"`` (``W ~ N(0, W_std^2/n)``, ``b ~ N(0, b_std^2)``).
-        members : independently initialised networks, stacked; member ``j`` is drawn from the
-            generator seeded ``member_seed(seed, j) = 1000 * seed + j``.
-        outputs : units of the last affine layer.
-
-        Returns a :class:`~gpmargin.kernels.network.Network`: ``net(x)`` maps ``(n, *in_shape)`` to
-        ``(members, n, outputs)``.  Raises :class:`GpmarginError` for bad arguments or a layer
-        without a finite form.
+        ``width`` units (channels) in every affine layer but the last, which has ``outputs``;
+        ``in_shape`` is one example's shape, ``d`` or ``(C, H, W)``; ``parameterization`` "ntk"
+        (``h = W_std/sqrt(n) theta x + b_std beta``, standard normal parameters) or "standard"
+        (``W ~ N(0, W_std^2/n)``, ``b ~ N(0, b_std^2)``); ``members`` stacked networks, member
+        ``j`` drawn from the generator seeded ``1000 * seed + j``.  Returns a
+        :class:`~gpmargin.kernels.network.Network`, ``(n, *in_shape) -> (members, n, outputs)``.
         """
         from gpmargin.kernels.network import network
 
