@@ -105,7 +105,7 @@ def claims(cfg, results):
         "ensembling_helps": C.claim(np.mean(acck) >= np.mean(acc1),
                                     f"mean over margins: ensembles of {kmax} {np.mean(acck):.3f} vs single "
                                     f"{np.mean(acc1):.3f}"),
-        "gp_tracks_nn": C.claim(g is not None and g < 0.1, f"mean |nn - gp| (paper kernel) {g:.3f}"),
+        "gp_tracks_nn": C.claim(g is not None and g < 0.1, f"mean |nn - gp| (paper kernel) {100 * g:.2f} points"),
     }
 
 
@@ -130,8 +130,8 @@ def plot(cfg, results):
     axes[2].plot([], [], "k:", label="NNGP, constrained kernel")
     g = results["gaps"]
     titles = ("NN: trained networks (mean ± s.e.)", "GP: NNGP prediction (paper kernel)",
-              f"overlay — mean |nn−gp|: paper {g['gp_accuracy']['mean_abs_gap']:.3f}, "
-              f"constrained {g['gp_constrained_accuracy']['mean_abs_gap']:.3f}")
+              f"overlay — mean |nn−gp|: paper {100 * g['gp_accuracy']['mean_abs_gap']:.2f} points, "
+              f"constrained {100 * g['gp_constrained_accuracy']['mean_abs_gap']:.2f} points")
     for ax, t in zip(axes, titles):
         ax.set_xscale("log")
         ax.axhline(0.5, color="0.5", ls=":", lw=1)

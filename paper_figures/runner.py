@@ -1,18 +1,19 @@
 """The shared figure runner: output folder, resumable units, result files.
 
-Output folder layout (one figure at one scale per folder)::
+Output folder layout (several figures share ``DIR``; each keeps its own state in
+``S = DIR/.state/figure-figN``, see :func:`gpmargin.io.prepare_results_folder`)::
 
-    DIR/config.json   figure, scale, settings and their hash (atomic write)
-    DIR/runs.jsonl    one line per finished unit of work (append_jsonl)
-    DIR/.lock         held (flock) while a figure runs in DIR
+    S/config.json     figure, scale, settings and their hash (atomic write)
+    S/runs.jsonl      one line per finished unit of work (append_jsonl)
+    S/.lock           held (flock) while the figure runs
     DIR/figN.png      the figure
     DIR/figN.json     every number behind the plot, the claims, the config, run metadata, wall time
 
 A unit is any expensive, deterministic piece of a figure (training one group of networks, one
-GP prediction).  :meth:`Context.unit` returns the stored result when ``DIR/runs.jsonl`` already
+GP prediction).  :meth:`Context.unit` returns the stored result when ``S/runs.jsonl`` already
 holds the unit's key, and otherwise computes it and appends it.  A rerun of a finished folder
 therefore trains nothing; a run killed at any moment resumes from the last finished unit.  A
-folder holding another figure, scale or setting is refused.
+folder holding another scale or setting of the same figure is refused, naming the fields that differ.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from gpmargin.io import (
     repair_jsonl,
     resolve_device,
     run_metadata,
+    state_folder,
     to_json,
 )
 from paper_figures import SCALES, get_figure
@@ -52,7 +54,7 @@ class Context:
 
     def __init__(self, figure: str, out: Path, device, chash: str, progress: bool = False):
         self.figure, self.out, self.device, self.hash = figure, out, device, chash
-        self.runs = out / "runs.jsonl"
+        self.runs = state_folder(out, "figure", figure) / "runs.jsonl"
         self.progress = progress
         self.done = {r["key"]: r for r in read_jsonl(self.runs) if r.get("config_hash") == chash}
         self.units_run: list[str] = []
@@ -82,10 +84,11 @@ class Context:
 
 
 def prepare_output(figure: str, scale: str, cfg: dict, out: str | os.PathLike, device=None) -> tuple[Path, str]:
-    """Create ``out`` with ``config.json`` or check that it holds this figure's settings."""
+    """Create ``out`` and the figure's state folder in it, or check that it holds this figure's settings."""
     h = config_hash(figure, cfg)
     record = {"figure": figure, "scale": scale, "config": cfg}
-    return prepare_results_folder(out, h, record, "figure", device), h
+    prepare_results_folder(out, h, record, "figure", device, name=figure)
+    return Path(out), h
 
 
 def run_figure(name: str, scale: str, out: str | os.PathLike, device: str = "auto", dataset: str | None = None,
@@ -103,9 +106,10 @@ def run_figure(name: str, scale: str, out: str | os.PathLike, device: str = "aut
     dev = resolve_device(device)
     t0 = time.perf_counter()
     out, h = prepare_output(mod.NAME, scale, cfg, out, dev)
-    with locked_folder(out, "figure run"):
-        if repair_jsonl(out / "runs.jsonl"):
-            print(f"note: removed an incomplete line from {out / 'runs.jsonl'} left by an interrupted run")
+    with locked_folder(state_folder(out, "figure", mod.NAME), f"{mod.NAME} run"):
+        runs = state_folder(out, "figure", mod.NAME) / "runs.jsonl"
+        if repair_jsonl(runs):
+            print(f"note: removed an incomplete line from {runs} left by an interrupted run")
         ctx = Context(mod.NAME, out, dev, h, progress)
         with warnings.catch_warnings():
             # data substitutions (carved splits) are recorded in the JSON, not repeated on stderr per task

@@ -1,7 +1,8 @@
 """``gpmargin validate EXPERIMENT --scale quick|paper --out DIR [--device ...] [--seed N] [--set K=V]``.
 
-Runs (or resumes) the experiment's sweep into ``DIR/runs.jsonl``, then compares the measured
-accuracies with the NNGP predictions (``DIR/comparison.{csv,png,json}``).
+Runs (or resumes) the experiment's sweep into ``DIR/.state/validate-EXPERIMENT/runs.jsonl``, then
+compares the measured accuracies with the NNGP predictions (``DIR/EXPERIMENT-comparison.{csv,png,json}``).
+Several experiments (and figures) can share ``DIR``.
 """
 
 from __future__ import annotations
@@ -35,25 +36,28 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gpmargin.errors import GpmarginError
+    from gpmargin.io import check_output_folder
     from validation.compare import compare
     from validation.experiments import get_experiment
-    from validation.sweep import load_task, records_complete, resolve_device, run_sweep
+    from validation.sweep import load_task, records_complete, resolve_device, run_sweep, runs_path
 
     config = get_experiment(args.experiment, args.scale)
     if args.overrides:
         config = config.with_overrides(args.overrides)
     if args.seed is not None:
         if args.seed < 0:
-            raise ValueError(f"--seed must be non-negative, got {args.seed}")
+            raise GpmarginError(f"--seed must be a non-negative integer, got {args.seed}")
         config = config.with_seed(args.seed)
     device = resolve_device(args.device)
+    check_output_folder(args.out)
     t0 = time.perf_counter()
     task = load_task(config)
     records = run_sweep(config, args.out, device, progress=not args.no_progress, task=task)
-    print(f"sweep: {len(records)} unit(s) in {args.out}/runs.jsonl ({time.perf_counter() - t0:.1f} s this run)")
+    print(f"sweep: {len(records)} unit(s) in {runs_path(config, args.out)} ({time.perf_counter() - t0:.1f} s this run)")
     if not records_complete(config, records):
         raise ValueError("sweep incomplete; rerun the same command to resume")
     if not args.no_compare:
-        compare(config, args.out, records, task=task, device=device)
-        print(f"comparison written to {args.out}/comparison.csv, .png, .json")
+        summary = compare(config, args.out, records, task=task, device=device)
+        print(f"comparison written to {summary['files']['csv']}, .png, .json")
     return 0

@@ -8,8 +8,9 @@ ensembles (for size ``k``: the majority vote -- sign / argmax of the summed outp
 each disjoint group of ``k`` members, pooled over seeds); error bars are standard errors
 over those groups.
 
-Writes ``comparison.csv``, ``comparison.png`` and ``comparison.json`` (mean absolute gaps
-``|nn - gp|`` per kernel, with run metadata), all atomically.
+Writes ``<experiment>-comparison.csv``, ``.png`` and ``.json`` (mean absolute gaps ``|nn - gp|``
+per kernel, with run metadata), all atomically.  Accuracies are fractions in the files; gaps are
+shown in percentage points (100 x the accuracy difference) on the plot and in the printed summary.
 """
 
 from __future__ import annotations
@@ -142,15 +143,17 @@ def plot(config: ExperimentConfig, rows: list[dict[str, Any]], path: Path, gap: 
         ax.set_xlabel("margin α (targets α·y)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    # one legend below the panels, outside every axes, so it can never cover a data point
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.02))
     g0 = gap["gp_accuracy"]["mean_abs_gap"]
     g1 = gap["gp_constrained_accuracy"]["mean_abs_gap"]
     changed = config.overrides()
     label = config.scale + (", set " + " ".join(f"{k}={_short(v)}" for k, v in changed.items()) if changed else "")
     fig.suptitle(f"{config.name} ({label}): {config.dataset} {config.task}, n_train={config.n_train}, "
                  f"depth {config.depth}, width {config.width}, {config.optimizer}, {config.steps} steps\n"
-                 f"mean |nn−gp|: paper kernel {g0:.3f}, constrained {g1:.3f}", fontsize=9)
-    fig.tight_layout()
+                 f"mean |nn−gp|: paper kernel {100 * g0:.2f} points, constrained {100 * g1:.2f} points", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     atomic_savefig(fig, path)
     plt.close(fig)
     return path
@@ -158,7 +161,7 @@ def plot(config: ExperimentConfig, rows: list[dict[str, Any]], path: Path, gap: 
 
 def compare(config: ExperimentConfig, out: str | os.PathLike, records: list[dict], task=None,
             device=None, verbose: bool = True) -> dict[str, Any]:
-    """Write ``comparison.{csv,png,json}`` in ``out`` and return the JSON summary."""
+    """Write ``<experiment>-comparison.{csv,png,json}`` in ``out`` and return the JSON summary."""
     out = Path(out)
     if task is None:
         from validation.sweep import load_task
@@ -178,16 +181,19 @@ def compare(config: ExperimentConfig, out: str | os.PathLike, records: list[dict
     w.writeheader()
     for r in rows:
         w.writerow({c: ("" if r[c] is None else r[c]) for c in cols})
-    atomic_write_text(out / "comparison.csv", buf.getvalue())
-    plot(config, rows, out / "comparison.png", gap, curves)
+    stem = out / f"{config.name}-comparison"
+    files = {ext: str(stem.with_suffix(f".{ext}")) for ext in ("csv", "png", "json")}
+    atomic_write_text(files["csv"], buf.getvalue())
+    plot(config, rows, files["png"], gap, curves)
     summary = {"experiment": config.name, "scale": config.scale, "overrides": config.overrides(),
                "config_hash": config.config_hash(),
-               "gaps": gap, "rows": rows, "units": len(records),
+               "gaps": gap, "rows": rows, "units": len(records), "files": files,
                "metadata": run_metadata(device, data_info=getattr(task, "info", None))}
-    atomic_write_json(out / "comparison.json", summary)
+    atomic_write_json(files["json"], summary)
     if verbose:
         for col, name in (("gp_accuracy", "paper kernel"), ("gp_constrained_accuracy", "constrained kernel")):
             g = gap[col]
-            per_k = ", ".join(f"k={k}: {v:.3f}" for k, v in g["mean_abs_gap_by_ensemble"].items() if v is not None)
-            print(f"mean |nn - gp| ({name}): {g['mean_abs_gap']:.4f}  (max {g['max_abs_gap']:.4f}; {per_k})")
+            per_k = ", ".join(f"k={k}: {100 * v:.2f}" for k, v in g["mean_abs_gap_by_ensemble"].items() if v is not None)
+            print(f"mean |nn - gp| ({name}): {100 * g['mean_abs_gap']:.2f} points  "
+                  f"(max {100 * g['max_abs_gap']:.2f}; {per_k})")
     return summary

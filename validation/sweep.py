@@ -1,10 +1,11 @@
 """Resumable margin sweeps: train, measure, append one JSON line per finished unit.
 
-Output folder layout::
+Output folder layout (``S = DIR/.state/validate-<experiment>``, one per experiment, so several
+experiments share ``DIR``; see :func:`gpmargin.io.prepare_results_folder`)::
 
-    DIR/config.json     the experiment config, its hash and run metadata (atomic write)
-    DIR/runs.jsonl      one line per finished unit (margin x seed), appended atomically
-    DIR/.lock           held (flock) while a sweep runs in DIR
+    S/config.json       the experiment config, its hash and run metadata (atomic write)
+    S/runs.jsonl        one line per finished unit (margin x seed), appended atomically
+    S/.lock             held (flock) while a sweep runs
 
 A rerun with the same DIR and config skips finished units, so a sweep killed at any moment
 (SIGKILL included) resumes to the same complete set.  A torn last line left by a kill is cut
@@ -32,6 +33,7 @@ from gpmargin.io import (
     repair_jsonl,
     resolve_device,
     run_metadata,
+    state_folder,
 )
 from validation.experiments import ExperimentConfig
 from validation.models import EnsembleMLP, member_seed
@@ -56,8 +58,14 @@ def _t(a: Any, device, dtype=None) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- output folder
 def prepare_output(config: ExperimentConfig, out: str | os.PathLike, device: torch.device | None = None) -> Path:
-    """Create ``out`` with ``config.json``, or check that it holds this config's results."""
-    return prepare_results_folder(out, config.config_hash(), {"config": config.to_dict()}, "sweep", device)
+    """The experiment's state folder in ``out`` (created), checked to hold this config's results only."""
+    return prepare_results_folder(out, config.config_hash(), {"config": config.to_dict()}, "validate", device,
+                                  name=config.name)
+
+
+def runs_path(config: ExperimentConfig, out: str | os.PathLike) -> Path:
+    """``runs.jsonl`` of ``config``'s experiment in results folder ``out``."""
+    return state_folder(out, "validate", config.name) / "runs.jsonl"
 
 
 def unit_key(margin: float, seed: int) -> tuple[str, int]:

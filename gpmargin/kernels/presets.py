@@ -36,20 +36,36 @@ def paper_mlp(depth: int, constrained: bool = False) -> Serial:
     return serial(*layers)
 
 
-def paper_cnn(dense_layers: int = 2, constrained: bool = False, W_std: float = 1.0) -> Serial:
+def paper_cnn(depth: int | None = None, constrained: bool = False, W_std: float = 1.0, *,
+              dense_layers: int | None = None) -> Serial:
     """The paper's convolutional network: ``Conv(5x5, valid) - ReLU - Conv(5x5, valid) - ReLU -
-    Flatten - [Dense - ReLU] * (dense_layers - 1) - Dense`` (one output, no biases, plain ReLU).
+    Flatten - [Dense - ReLU] * (depth - 3) - Dense`` (one output, no biases, plain ReLU).
 
-    dense_layers : number of dense weight matrices after ``Flatten`` (>= 1; the last one is the
-        readout).  Default 2 (one hidden dense layer).
+    depth : number of weight layers, the two convolutions included (>= 3; default 4, i.e. one
+        hidden dense layer), the same count as ``gpmargin predict --arch paper-cnn --depth``.
     W_std : fan-in weight scale of every layer (neural-tangents' default 1.0).
     constrained : Nero-constrained rows (NNGP only), see :mod:`gpmargin.kernels.constrained`.
+    dense_layers : deprecated; ``dense_layers=d`` is ``depth=d + 2``.
 
     On 28x28 MNIST the convolutions give 24x24 and then 20x20 feature maps; only same-position
     covariances are kept (``Flatten`` readout), so memory is 576 numbers per pair of images.
     """
-    if not isinstance(dense_layers, int) or isinstance(dense_layers, bool) or dense_layers < 1:
-        raise GpmarginError(f"paper_cnn dense_layers={dense_layers!r} must be an integer >= 1")
+    if dense_layers is not None:
+        import warnings
+
+        if depth is not None:
+            raise GpmarginError(f"paper_cnn: give depth={depth!r} or the deprecated dense_layers={dense_layers!r}, not both")
+        if not isinstance(dense_layers, int) or isinstance(dense_layers, bool) or dense_layers < 1:
+            raise GpmarginError(f"paper_cnn dense_layers={dense_layers!r} must be an integer >= 1 (deprecated: use depth)")
+        warnings.warn("paper_cnn(dense_layers=d) is deprecated; use depth=d + 2 (weight layers, convolutions "
+                      "included, as --depth in the CLI)", DeprecationWarning, stacklevel=2)
+        depth = dense_layers + 2
+    if depth is None:
+        depth = 4
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 3:
+        raise GpmarginError(f"paper_cnn depth={depth!r} must be an integer >= 3 (weight layers: 2 convolutions "
+                            "plus at least the dense readout)")
+    dense_layers = depth - 2
     layers = [
         _affine(Conv2d(5, padding="valid", W_std=W_std), constrained),
         Relu(),

@@ -31,7 +31,7 @@ import torch
 
 from gpmargin.errors import GpmarginError
 from gpmargin.linalg import safe_cholesky
-from gpmargin.predict.inputs import as_tensor
+from gpmargin.predict.inputs import as_tensor, check_kernel
 
 __all__ = ["Posterior", "condition", "posterior", "train_kernel", "posterior_covariance", "sample_posterior", "KINDS"]
 
@@ -195,6 +195,7 @@ def posterior(
     ``kernel_test`` and ``solve``.
     """
     _check_kind(kind)
+    check_kernel(kernel)
     n, m = x_train.shape[0], x_test.shape[0]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
