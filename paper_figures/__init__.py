@@ -7,7 +7,7 @@ Every figure module defines
 * ``SCALES``: the settings per scale (``smoke``, ``quick``, ``paper``) as plain data,
 * ``config(scale, dataset=None) -> dict``: the settings of one run (JSON-able),
 * ``run(cfg, ctx) -> dict``: every number behind the plot; long pieces of work go through
-  ``ctx.unit(key, fn)`` so that they are appended to ``DIR/runs.jsonl`` and skipped on a rerun,
+  ``ctx.unit(key, fn)`` so that they are appended to ``DIR/.state/figure-figN/runs.jsonl`` and skipped on a rerun,
 * ``claims(cfg, results) -> dict``: the figure's checkable claims, each ``{"holds", "detail"}``,
 * ``plot(cfg, results) -> matplotlib.figure.Figure``.
 
