@@ -147,7 +147,7 @@ def gp_curve(depth: int, t, margins: Sequence[float], *, constrained: bool, y_tr
     nc = None if y_tr.is_floating_point() else int(t.num_classes)
     curve = margin_curve(paper_mlp(depth, constrained=constrained), x_tr.double(), y_tr, x_te.double(), t.y_test,
                          list(margins), ensemble=(1,), kind="nngp", num_classes=nc)
-    return {"margins": [float(a) for a in margins], "accuracy": [float(v) for v in curve.accuracy[0]],
+    return {"margins": curve.margins.tolist(), "accuracy": [float(v) for v in curve.accuracy[0]],  # sorted
             "limit_accuracy": float(curve.limit_accuracy), "chance": float(curve.chance),
             "kernel": f"paper_mlp(depth={depth}, constrained={constrained})", "jitter": float(curve.jitter)}
 

@@ -68,7 +68,8 @@ def predicted_accuracy(config: ExperimentConfig, task, device=None, margins=None
                              margins, ensemble=tuple(config.ensembles), kind=config.gp_kind)
         acc = curve.accuracy
         acc = acc.detach().cpu().numpy() if hasattr(acc, "detach") else np.asarray(acc)
-        res[col] = np.asarray(acc, dtype=np.float64).reshape(len(config.ensembles), len(margins))
+        cols = np.searchsorted(curve.margins, margins)  # the curve's margins are sorted; keep the caller's order
+        res[col] = np.asarray(acc, dtype=np.float64).reshape(len(config.ensembles), -1)[:, cols]
     return res
 
 
