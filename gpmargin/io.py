@@ -63,7 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         from gpmargin.errors import GpmarginError
 
-        raise GpmarginError(f"{path} is a folder; give a file path inside it (e.g. {path / ('result' + (path.suffix or '.txt'))})")
+        raise GpmarginError(f"{path} is a folder; give a file path (e.g. {path}/NAME{path.suffix})")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
