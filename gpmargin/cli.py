@@ -10,14 +10,17 @@ Each subcommand lives beside the code it drives and registers itself here throug
     gpmargin figure ...           paper_figures.cli
 
 Errors meant for the user (``GpmarginError``, ``ValueError``, missing files) are
-printed as one line, ``error: ...``, with exit status 2.
+printed as one line, ``error: ...``, with exit status 2; warnings (data substitutions,
+jitter, unseen classes, ...) as one line, ``warning: ...``, in every subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
 
 from gpmargin import __version__
 from gpmargin.errors import GpmarginError
@@ -49,6 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: ``warning: <message>`` on one line, no source line."""
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file if file is not None else sys.stderr)
+
+
+@contextlib.contextmanager
+def cli_warnings():
+    """Show warnings in the command line's one style while the block runs (restored afterwards)."""
+    saved = warnings.showwarning
+    warnings.showwarning = show_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        result = args.func(args)
+        with cli_warnings():
+            result = args.func(args)
     except (GpmarginError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

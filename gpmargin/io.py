@@ -60,6 +60,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On an exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
+    if path.is_dir():
+        from gpmargin.errors import GpmarginError
+
+        raise GpmarginError(f"{path} is a folder; give a file path (e.g. {path}/NAME{path.suffix})")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -178,22 +182,62 @@ def locked_folder(out: str | os.PathLike, what: str = "run") -> Iterator[Path]:
         os.close(fd)
 
 
-def prepare_results_folder(out: str | os.PathLike, config_hash: str, record: dict[str, Any],
-                           what: str, device: Any = None) -> Path:
-    """Create ``out`` holding ``config.json``, or check that it holds results of this config only.
+def check_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create ``out`` (with parents) and check that files can be written in it, before any work.
 
-    ``record`` (the config, described for humans) is saved with ``config_hash`` and
-    :func:`run_metadata`.  A folder whose ``config.json`` or ``runs.jsonl`` carries another hash
-    is refused with a one-line error that names ``what`` it holds (``describe`` of the old record),
-    so results of different configs never mix.
+    A path that exists and is not a folder, a folder that cannot be created, or one that is not
+    writable raises a one-line :class:`~gpmargin.errors.GpmarginError` naming ``flag`` and the path.
     """
     from gpmargin.errors import GpmarginError
 
-    out = Path(out)
+    out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise GpmarginError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path, runs = out / "config.json", out / "runs.jsonl"
+        raise GpmarginError(f"{flag} {out} exists and is a file, not a folder; give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GpmarginError(f"{flag} {out}: cannot create the folder ({exc.strerror or exc})") from None
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".write-test.", dir=out):
+            pass
+    except OSError as exc:
+        raise GpmarginError(f"{flag} {out} is not writable ({exc.strerror or exc}); give a folder you can write to") from None
+    return out
+
+
+STATE_FOLDER = ".state"
+
+
+def state_folder(out: str | os.PathLike, what: str, name: str) -> Path:
+    """Where one run of ``what`` (``figure``, ``validate``) called ``name`` keeps its resume state:
+    ``out/.state/<what>-<name>/`` holding ``config.json`` and ``runs.jsonl``.
+
+    Each figure or experiment has its own, so several share one results folder.
+    """
+    return Path(out) / STATE_FOLDER / f"{what}-{name}"
+
+
+def prepare_results_folder(out: str | os.PathLike, config_hash: str, record: dict[str, Any],
+                           what: str, device: Any = None, name: str | None = None) -> Path:
+    """Create the state folder of ``what``/``name`` in ``out``, or check that it holds this config.
+
+    Returns :func:`state_folder` ``(out, what, name)`` (``out`` itself when ``name`` is None, the
+    old one-run-per-folder layout).  It holds ``config.json`` (``record``, the config described
+    for humans, with ``config_hash`` and :func:`run_metadata`) and ``runs.jsonl``.  A state
+    folder whose ``config.json`` or ``runs.jsonl`` carries another hash is refused with a
+    one-line error naming the config fields that differ, so results of different configs of the
+    same figure or experiment never mix; other figures and experiments in ``out`` are untouched.
+    A folder written before per-run state folders (``out/config.json`` of this same ``name``) is
+    migrated by moving its ``config.json`` and ``runs.jsonl`` into the state folder.
+    """
+    from gpmargin.errors import GpmarginError
+
+    out = check_output_folder(out)
+    state = out if name is None else state_folder(out, what, name)
+    if name is not None:
+        _migrate_legacy_state(out, state, what, name)
+    state.mkdir(parents=True, exist_ok=True)
+    cfg_path, runs = state / "config.json", state / "runs.jsonl"
     if cfg_path.exists():
         try:
             old = json.loads(cfg_path.read_text())
@@ -201,17 +245,35 @@ def prepare_results_folder(out: str | os.PathLike, config_hash: str, record: dic
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise GpmarginError(f"{cfg_path} is not a gpmargin {what} config; use an empty --out folder") from exc
         if old_hash != config_hash:
-            raise GpmarginError(f"{out} holds results of {_describe(old)} with a different config and other "
-                                f"settings (hash {old_hash}, this run {config_hash}); use another --out folder")
+            diff = config_differences(old, record)
+            raise GpmarginError(f"--out {out} holds results of {_describe(old)} with a different config "
+                                f"({diff}); use another --out folder (or delete {state})")
     else:
         if runs.exists() and runs.stat().st_size > 0:
-            raise GpmarginError(f"{out} holds a runs.jsonl without config.json; use an empty --out folder")
+            raise GpmarginError(f"{state} holds a runs.jsonl without config.json; use an empty --out folder")
         atomic_write_json(cfg_path, {**record, "config_hash": config_hash, "metadata": run_metadata(device)})
     foreign = {r.get("config_hash") for r in read_jsonl(runs)} - {config_hash}
     if foreign:
         raise GpmarginError(f"{runs} holds results of other settings (hashes {sorted(foreign)}); "
                             "use another --out folder")
-    return out
+    return state
+
+
+def _migrate_legacy_state(out: Path, state: Path, what: str, name: str) -> None:
+    """Move ``out/config.json`` + ``out/runs.jsonl`` of run ``name`` (old layout) into ``state``."""
+    legacy = out / "config.json"
+    if not legacy.is_file() or (state / "config.json").exists():
+        return
+    try:
+        old = json.loads(legacy.read_text())
+    except json.JSONDecodeError:
+        return
+    if not isinstance(old, dict) or _describe(old).split("/")[0] != name or ("figure" in old) != (what == "figure"):
+        return
+    state.mkdir(parents=True, exist_ok=True)
+    if (out / "runs.jsonl").exists():
+        os.replace(out / "runs.jsonl", state / "runs.jsonl")
+    os.replace(legacy, state / "config.json")
 
 
 def _describe(record: dict) -> str:
@@ -220,6 +282,33 @@ def _describe(record: dict) -> str:
     name = record.get("figure") or cfg.get("name")
     scale = record.get("scale") or cfg.get("scale")
     return f"{name}/{scale}"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(old: dict, new: dict, limit: int = 6) -> str:
+    """``field: old -> new`` for the config fields that differ between two saved records."""
+    a = _flatten(json.loads(to_json({k: v for k, v in old.items() if k not in ("config_hash", "metadata", "execution")})))
+    b = _flatten(json.loads(to_json({k: v for k, v in new.items() if k not in ("config_hash", "metadata", "execution")})))
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    if not keys:
+        return "same fields, different code version"
+
+    def short(v: Any) -> str:
+        t = json.dumps(v) if v != "<absent>" else "absent"
+        return t if len(t) <= 40 else t[:37] + "..."
+
+    parts = [f"{k.removeprefix('config.')}: {short(a.get(k, '<absent>'))} -> {short(b.get(k, '<absent>'))}"
+             for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(parts) + more
 
 
 def resolve_device(name: Any = "auto"):
@@ -242,7 +331,7 @@ def resolve_device(name: Any = "auto"):
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise GpmarginError(f"device {name!r} requested but CUDA is not available on this machine; "
-                                "use --device cpu or auto")
+                                "use device cpu or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise GpmarginError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) present")
     elif dev.type != "cpu":

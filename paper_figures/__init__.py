@@ -8,9 +8,10 @@ Every figure module defines
 * ``config(scale, dataset=None) -> dict``: the settings of one run (JSON-able),
 * ``run(cfg, ctx) -> dict``: every number behind the plot; long pieces of work go through
   ``ctx.units({key: fn})`` (``fn(device)``, a picklable ``functools.partial``) so that they run in
-  parallel on Dask workers under ``--workers``/``--scheduler``, are appended to ``DIR/runs.jsonl``
-  as they finish and are skipped on a rerun (``ctx.unit(key, fn)`` runs ``fn()`` in this process,
-  for work that drives other units, like fig6's sweep),
+  parallel on Dask workers under ``--workers``/``--scheduler``, are appended to
+  ``DIR/.state/figure-figN/runs.jsonl`` as they finish and are skipped on a rerun
+  (``ctx.unit(key, fn)`` runs ``fn()`` in this process, for work that drives other units, like
+  fig6's sweep),
 * ``claims(cfg, results) -> dict``: the figure's checkable claims, each ``{"holds", "detail"}``,
 * ``plot(cfg, results) -> matplotlib.figure.Figure``.
 

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scale not in SCALES:
         raise GpmarginError(f"unknown scale {args.scale!r}: use one of {', '.join(SCALES)}")
     if not args.out:
-        raise GpmarginError("--out DIR is required (the folder for figN.png, figN.json and runs.jsonl)")
+        raise GpmarginError("--out DIR is required (the folder for figN.png and figN.json; several figures may share it)")
     from gpmargin.distributed.cluster import execution_from_args
     from paper_figures.runner import run_figure
 

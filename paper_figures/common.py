@@ -133,7 +133,8 @@ def relative_errors(f_tr: torch.Tensor, targets: torch.Tensor) -> list[float]:
 
 
 def gp_predictor(depth: int, t, *, constrained: bool = False, kind: str = "nngp", y_train=None, device=None):
-    """``predict(margins) -> (1, len(margins))``: exact predicted test accuracy of one network of the
+    """``predict(margins) -> MarginCurve`` (margins sorted, accuracy ``(1, len(margins))``): exact
+    predicted test accuracy of one network of the
     depth-``depth`` paper MLP (``kind``: ``"nngp"`` posterior or ``"ntk"`` gradient descent to
     convergence), from one posterior.  ``y_train`` overrides the task's training labels."""
     from gpmargin.kernels import paper_mlp
@@ -162,10 +163,17 @@ def gp_curve(depth: int, t, margins: Sequence[float], *, constrained: bool, kind
     ``y_train`` overrides the task's training labels (e.g. random labels, or clean rows only).
     """
     curve = gp_predictor(depth, t, constrained=constrained, kind=kind, y_train=y_train, device=device)(margins)
-    return {"margins": [float(a) for a in margins], "accuracy": [float(v) for v in curve.accuracy[0]],
+    return {"margins": curve.margins.tolist(), "accuracy": [float(v) for v in curve.accuracy[0]],  # sorted
             "limit_accuracy": float(curve.limit_accuracy), "chance": float(curve.chance),
             "kernel": f"paper_mlp(depth={depth}, constrained={constrained})", "kind": kind,
             "jitter": float(curve.jitter)}
+
+
+def _in_order(curve, margins) -> np.ndarray:
+    """A curve's accuracies (at its sorted margins) in the order of ``margins``."""
+    from validation.compare import in_margin_order
+
+    return in_margin_order(curve.margins, curve.accuracy, margins)
 
 
 def overlay_gaps(nets: Sequence[dict], depth: int, t, predictions: dict[str, dict], device=None) -> dict:
@@ -180,7 +188,7 @@ def overlay_gaps(nets: Sequence[dict], depth: int, t, predictions: dict[str, dic
     out = {}
     for name, kw in predictions.items():
         predict = gp_predictor(depth, t, device=device, **kw)
-        out[name] = gap_statistics(margins, (1,), measured, lambda m, p=predict: np.asarray(p(m).accuracy))
+        out[name] = gap_statistics(margins, (1,), measured, lambda m, p=predict: _in_order(p(m), m))
     return out
 
 

@@ -54,7 +54,7 @@ def _sweep(cfg, ctx) -> dict:
 
     exp = _experiment(cfg)
     task = load_task(exp)
-    records = run_sweep(exp, ctx.out / "sweep", ctx.device, progress=ctx.progress, task=task, runner=ctx.runner)
+    records = run_sweep(exp, ctx.state / "sweep", ctx.device, progress=ctx.progress, task=task, runner=ctx.runner)
     if not records_complete(exp, records):
         raise ValueError("fig6 sweep incomplete; rerun the same command to resume")
     meas = measured_accuracy(exp, records)
@@ -119,9 +119,11 @@ def claims(cfg, results):
                                     f"mean over margins: ensembles of {kmax} {np.mean(acck):.3f} vs single "
                                     f"{np.mean(acc1):.3f}"),
         "gp_tracks_nn": C.claim(g is not None and g < 0.1,
-                                f"mean |nn - gp| (paper kernel) {g:.3f}, max {gaps['max_abs_gap']:.3f} at "
-                                f"α={gaps['max_gap_margin']:.3g} (k={gaps['max_gap_ensemble']}), best margin shift "
-                                f"c={gaps['margin_shift']['factor']:.2f} leaves {gaps['margin_shift']['mean_abs_gap']:.3f}"),
+                                f"mean |nn - gp| (paper kernel) {100 * g:.2f} points, max "
+                                f"{100 * gaps['max_abs_gap']:.2f} points at α={gaps['max_gap_margin']:.3g} "
+                                f"(k={gaps['max_gap_ensemble']}), best margin shift "
+                                f"c={gaps['margin_shift']['factor']:.2f} leaves "
+                                f"{100 * gaps['margin_shift']['mean_abs_gap']:.2f} points"),
     }
 
 
@@ -146,9 +148,10 @@ def plot(cfg, results):
     axes[2].plot([], [], "k:", label="NNGP, constrained kernel")
     g = results["gaps"]
     titles = ("NN: trained networks (mean ± s.e.)", "GP: NNGP prediction (paper kernel)",
-              f"overlay — |nn−gp| mean / max: paper {g['gp_accuracy']['mean_abs_gap']:.3f} / "
-              f"{g['gp_accuracy']['max_abs_gap']:.3f}, constrained {g['gp_constrained_accuracy']['mean_abs_gap']:.3f}"
-              f" / {g['gp_constrained_accuracy']['max_abs_gap']:.3f}")
+              f"overlay — mean / max |nn−gp|: paper {100 * g['gp_accuracy']['mean_abs_gap']:.2f} / "
+              f"{100 * g['gp_accuracy']['max_abs_gap']:.2f} points, constrained "
+              f"{100 * g['gp_constrained_accuracy']['mean_abs_gap']:.2f} / "
+              f"{100 * g['gp_constrained_accuracy']['max_abs_gap']:.2f} points")
     for ax, t in zip(axes, titles):
         ax.set_xscale("log")
         ax.axhline(0.5, color="0.5", ls=":", lw=1)

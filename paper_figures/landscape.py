@@ -67,7 +67,7 @@ def _network(cfg, which, ctx):
     from gpmargin.io import atomic_path
     from validation.models import MLP
 
-    path = ctx.out / f"net-{which}-{ctx.hash}.pt"
+    path = ctx.state / f"net-{which}-{ctx.hash}.pt"
     if path.exists():
         weights = torch.load(path)
     else:

@@ -1,20 +1,22 @@
 """The shared figure runner: output folder, resumable units, result files.
 
-Output folder layout (one figure at one scale per folder)::
+Output folder layout (several figures share ``DIR``; each keeps its own state in
+``S = DIR/.state/figure-figN``, see :func:`gpmargin.io.prepare_results_folder`)::
 
-    DIR/config.json   figure, scale, settings and their hash (atomic write)
-    DIR/runs.jsonl    one line per finished unit of work (append_jsonl)
-    DIR/.lock         held (flock) while a figure runs in DIR
+    S/config.json     figure, scale, settings and their hash (atomic write)
+    S/runs.jsonl      one line per finished unit of work (append_jsonl)
+    S/.lock           held (flock) while the figure runs
+    S/...             the figure's other intermediate files (``ctx.state``: checkpoints, fig6's sweep)
     DIR/figN.png      the figure
     DIR/figN.json     every number behind the plot, the claims, the config, run metadata, wall time
 
 A unit is any expensive, deterministic piece of a figure (training one group of networks, one
-GP prediction).  :meth:`Context.units` returns the stored results of the units ``DIR/runs.jsonl``
+GP prediction).  :meth:`Context.units` returns the stored results of the units ``S/runs.jsonl``
 already holds and computes the others through :class:`gpmargin.distributed.UnitRunner` (in this
 process, or in parallel on Dask workers with ``--workers``/``--scheduler``), appending each as it
 finishes.  A rerun of a finished folder
 therefore trains nothing; a run killed at any moment resumes from the last finished unit.  A
-folder holding another figure, scale or setting is refused.
+folder holding another scale or setting of the same figure is refused, naming the fields that differ.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from gpmargin.io import (
     repair_jsonl,
     resolve_device,
     run_metadata,
+    state_folder,
     to_json,
 )
 from paper_figures import SCALES, get_figure
@@ -57,7 +60,8 @@ class Context:
         from gpmargin.distributed import UnitRunner
 
         self.figure, self.out, self.device, self.hash = figure, out, device, chash
-        self.runs = out / "runs.jsonl"
+        self.state = state_folder(out, "figure", figure)  # this figure's own files (resume state, checkpoints)
+        self.runs = self.state / "runs.jsonl"
         self.progress = progress
         self.runner = runner if runner is not None else UnitRunner(device=device)
         self.done = {r["key"]: r for r in read_jsonl(self.runs) if r.get("config_hash") == chash}
@@ -110,11 +114,13 @@ class Context:
 
 def prepare_output(figure: str, scale: str, cfg: dict, out: str | os.PathLike, device=None,
                    execution: dict | None = None) -> tuple[Path, str]:
-    """Create ``out`` with ``config.json`` or check that it holds this figure's settings
-    (``execution`` is saved beside them, outside the hash)."""
+    """Create ``out`` and the figure's state folder in it (``DIR/.state/figure-<figure>/`` with
+    ``config.json``), or check that it holds this figure's settings (``execution`` is saved beside
+    them, outside the hash)."""
     h = config_hash(figure, cfg)
     record = {"figure": figure, "scale": scale, "config": cfg, **({"execution": execution} if execution else {})}
-    return prepare_results_folder(out, h, record, "figure", device), h
+    prepare_results_folder(out, h, record, "figure", device, name=figure)
+    return Path(out), h
 
 
 def run_figure(name: str, scale: str, out: str | os.PathLike, device: str = "auto", dataset: str | None = None,
@@ -146,9 +152,10 @@ def _run_with(mod, scale: str, cfg: dict, out, device, progress: bool, runner) -
     dev = resolve_device(device) if here else device
     t0 = time.perf_counter()
     out, h = prepare_output(mod.NAME, scale, cfg, out, dev if here else None, runner.describe())
-    with locked_folder(out, "figure run"):
-        if repair_jsonl(out / "runs.jsonl"):
-            print(f"note: removed an incomplete line from {out / 'runs.jsonl'} left by an interrupted run")
+    with locked_folder(state_folder(out, "figure", mod.NAME), f"{mod.NAME} run"):
+        runs = state_folder(out, "figure", mod.NAME) / "runs.jsonl"
+        if repair_jsonl(runs):
+            print(f"note: removed an incomplete line from {runs} left by an interrupted run")
         ctx = Context(mod.NAME, out, dev, h, progress, runner)
         with warnings.catch_warnings():
             # data substitutions (carved splits) are recorded in the JSON, not repeated on stderr per task

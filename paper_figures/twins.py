@@ -149,7 +149,7 @@ def kernel(cfg):
 
     if cfg["model"] == "mlp":
         return paper_mlp(cfg["depth"], constrained=True)
-    return paper_cnn(dense_layers=cfg["dense_hidden"] + 1, constrained=True)
+    return paper_cnn(depth=cfg["dense_hidden"] + 3, constrained=True)
 
 
 def run_gp(cfg: dict, task_name: str, seed: int, device) -> dict:

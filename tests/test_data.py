@@ -169,13 +169,16 @@ def test_wrong_magic_number(isolated):
 
 def test_missing_dataset_lists_every_path(isolated):
     root = isolated / "nowhere"
-    msg = _load_error(root)
-    for path in (root, root / "mnist", isolated / "empty_data" / "mnist", isolated / "cache" / "mnist"):
-        assert f"{path}: no such folder" in msg
-    assert "GPMARGIN_DATA" in msg and "GPMARGIN_OFFLINE" in msg and T10K_IMAGES in msg
-    # an existing but empty root: each file is reported missing
+    with pytest.raises(DataError, match="no such folder") as info:  # a missing root is named, not skipped
+        gd.load("mnist", "test", root=root)
+    assert str(info.value).startswith(f"root {root}: no such folder")
+    # an existing but empty root: each file is reported missing, every other folder tried is listed
     root.mkdir()
     msg = _load_error(root)
+    for path in (root / "mnist", isolated / "empty_data" / "mnist", isolated / "cache" / "mnist"):
+        assert f"{path}: no such folder" in msg
+    assert "GPMARGIN_DATA" in msg and "GPMARGIN_OFFLINE" in msg and T10K_IMAGES in msg
+    assert "--data-root DIR" in msg and "--root" not in msg
     assert f"{root / 't10k-images-idx3-ubyte'}[.gz]: missing" in msg
     assert f"{root / 't10k-labels-idx1-ubyte'}[.gz]: missing" in msg
 
@@ -258,6 +261,7 @@ def test_download_attempt_fails_fast_or_succeeds_cleanly(isolated, monkeypatch):
     monkeypatch.setenv("GPMARGIN_DOWNLOAD_TIMEOUT", "3")
     t0 = time.monotonic()
     try:
+        (isolated / "nowhere").mkdir()
         _, y = gd.load("mnist", "test", root=isolated / "nowhere")
         assert torch.bincount(y).tolist() == MNIST_TEST_COUNTS
     except DataError as exc:

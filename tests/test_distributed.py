@@ -27,7 +27,7 @@ from gpmargin.distributed.cluster import connect, execution_from_args, local_clu
 from gpmargin.errors import GpmarginError
 from gpmargin.io import read_jsonl
 from validation.experiments import get_experiment
-from validation.sweep import run_sweep, sweep_units
+from validation.sweep import run_sweep, runs_path, sweep_units
 
 REPO = Path(__file__).resolve().parents[1]
 #: record fields that say where/when a unit ran; everything else must be identical
@@ -84,22 +84,23 @@ def test_distributed_sweep_equals_in_process(config, reference, cluster, tmp_pat
     assert all(r["device_info"]["torch_threads"] == 1 for r in recs + ref)
     assert len({r["execution"]["worker"] for r in recs}) == 2, "both workers ran units"
     # the execution is saved in config.json but not hashed: an in-process folder resumes on the cluster
-    saved = json.loads((tmp_path / "s" / "config.json").read_text())
+    saved = json.loads((tmp_path / "s" / ".state" / "validate-fig6" / "config.json").read_text())
     assert saved["execution"]["mode"] == "dask"
-    assert saved["config_hash"] == json.loads((ref_out / "config.json").read_text())["config_hash"]
+    assert saved["config_hash"] == json.loads((ref_out / ".state" / "validate-fig6" / "config.json").read_text())["config_hash"]
     part = tmp_path / "part"
     shutil.copytree(ref_out, part)
-    lines = (part / "runs.jsonl").read_bytes().splitlines(keepends=True)
-    (part / "runs.jsonl").write_bytes(b"".join(lines[:-1]))
+    part_runs = runs_path(config, part)
+    lines = part_runs.read_bytes().splitlines(keepends=True)
+    part_runs.write_bytes(b"".join(lines[:-1]))
     with _runner(cluster) as runner:
         resumed = run_sweep(config, part, "cpu", progress=False, runner=runner)
-    assert (part / "runs.jsonl").read_bytes().startswith(b"".join(lines[:-1]))
+    assert part_runs.read_bytes().startswith(b"".join(lines[:-1]))
     assert _by_unit(resumed) == _by_unit(ref)
 
 
 def test_worker_sigkilled_mid_unit_loses_nothing(config, reference, cluster, tmp_path):
     out = tmp_path / "s"
-    runs = out / "runs.jsonl"
+    runs = runs_path(config, out)
     killed: dict = {}
     with _runner(cluster) as runner:
         client = runner.client(0)
@@ -138,7 +139,7 @@ def test_figure_through_dask_equals_in_process(cluster, mnist_test, tmp_path):
     assert sorted(there["units"]["run"]) == ["random", "true"]
     assert there["metadata"]["execution"]["mode"] == "dask"
     assert (tmp_path / "b" / "fig1.png").stat().st_size > 10_000
-    recs = read_jsonl(tmp_path / "b" / "runs.jsonl")
+    recs = read_jsonl(tmp_path / "b" / ".state" / "figure-fig1" / "runs.jsonl")
     assert {r["key"] for r in recs} == {"true", "random"} and all(r["execution"]["mode"] == "dask" for r in recs)
 
 
@@ -152,7 +153,7 @@ def test_client_killed_then_rerun_resumes(mnist_test, tmp_path):
     import psutil
 
     out = tmp_path / "run"
-    runs = out / "runs.jsonl"
+    runs = out / ".state" / "validate-fig6" / "runs.jsonl"
     args = ["validate", "fig6", "--scale", "smoke", "--out", str(out), "--device", "cpu", "--no-compare",
             "--no-progress", "--set", "width=32", "--set", "margins=0.01,0.1,1,10"]
     proc = subprocess.Popen([sys.executable, "-m", "gpmargin", *args, "--workers", "2"], cwd=REPO,

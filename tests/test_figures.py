@@ -59,7 +59,7 @@ def test_smoke_writes_png_and_json(name, smoke_runs, request):
     assert all(set(c) == {"holds", "detail"} for c in d["claims"].values())
     assert not list(out.glob(".*.tmp")), "atomic writes leave no temporary files"
     # every unit of work was recorded for resuming
-    keys = {r["key"] for r in read_jsonl(out / "runs.jsonl")}
+    keys = {r["key"] for r in read_jsonl(out / ".state" / f"figure-{name}" / "runs.jsonl")}
     assert set(d["units"]["run"]) <= keys and keys
 
 
@@ -133,12 +133,12 @@ def test_rerun_of_finished_folder_trains_nothing(smoke_runs, request, monkeypatc
         raise AssertionError("training ran on a rerun of a finished folder")
 
     monkeypatch.setattr(validation.train, "train", boom)
-    lines = len(read_jsonl(out / "runs.jsonl"))
+    lines = len(read_jsonl(out / ".state" / "figure-fig10" / "runs.jsonl"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         again = run_figure("fig10", "smoke", out, device="cpu")
     assert again["units"]["run"] == [] and sorted(again["units"]["reused"]) == sorted(first["units"]["run"])
-    assert len(read_jsonl(out / "runs.jsonl")) == lines
+    assert len(read_jsonl(out / ".state" / "figure-fig10" / "runs.jsonl")) == lines
     assert again["results"] == json.loads(json.dumps(first["results"]))
 
 
@@ -146,7 +146,7 @@ def test_interrupted_run_resumes_only_missing_units(mnist_test, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_figure("fig1", "smoke", tmp_path, device="cpu")
-    runs = tmp_path / "runs.jsonl"
+    runs = tmp_path / ".state" / "figure-fig1" / "runs.jsonl"
     lines = runs.read_text().splitlines()
     runs.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # a kill mid-append
     with warnings.catch_warnings():
@@ -156,12 +156,12 @@ def test_interrupted_run_resumes_only_missing_units(mnist_test, tmp_path):
     assert [r["key"] for r in read_jsonl(runs)] == ["true", "random"]
 
 
-def test_folder_with_other_config_is_refused(mnist_test, tmp_path):
+def test_folder_with_other_config_of_the_same_figure_is_refused(mnist_test, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_figure("fig1", "smoke", tmp_path, device="cpu")
-    with pytest.raises(GpmarginError, match="other settings"):
-        run_figure("fig2", "smoke", tmp_path, device="cpu")
+    with pytest.raises(GpmarginError, match="holds results of fig1/smoke with a different config .*scale"):
+        run_figure("fig1", "quick", tmp_path, device="cpu")  # refused before any work
 
 
 def _cli(*args):

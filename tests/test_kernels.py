@@ -232,7 +232,7 @@ def test_gpytorch_exact_gp_digits_parity():
 
 
 def test_constrained_cnn_is_a_serial_of_centred_layers(imgs):
-    k = gk.paper_cnn(dense_layers=2, constrained=True)
+    k = gk.paper_cnn(depth=4, constrained=True)
     by_hand = gk.serial(gk.Centred(gk.Conv2d(5)), gk.Relu(), gk.Centred(gk.Conv2d(5)), gk.Relu(), gk.Flatten(),
                         gk.Centred(gk.Dense()), gk.Relu(), gk.Centred(gk.Dense()))
     a, b = k(imgs), by_hand(imgs)
@@ -240,7 +240,7 @@ def test_constrained_cnn_is_a_serial_of_centred_layers(imgs):
     assert torch.linalg.eigvalsh(a).min() > -1e-12 * a.abs().max()
     assert torch.allclose(k.diag(imgs), a.diagonal(), rtol=1e-12, atol=0)
     # centring lowers the variance below the Gaussian kernel's
-    assert (a.diagonal() < gk.paper_cnn(dense_layers=2).diag(imgs)).all()
+    assert (a.diagonal() < gk.paper_cnn(depth=4).diag(imgs)).all()
     # global average pooling and biases work with centred layers too
     gap = gk.serial(gk.Centred(gk.Conv2d(3, padding="same", b_std=0.2)), gk.Erf(), gk.GlobalAvgPool(),
                     gk.Centred(gk.Dense(b_std=0.1)))

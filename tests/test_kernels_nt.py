@@ -170,7 +170,7 @@ def test_paper_cnn_equals_nt(mnist_test):
         stax.Conv(1, (5, 5), padding="VALID"), stax.Relu(),
         stax.Flatten(), stax.Dense(1), stax.Relu(), stax.Dense(1),
     )
-    check(gk.paper_cnn(dense_layers=2), kfn, imgs)
+    check(gk.paper_cnn(depth=4), kfn, imgs)
 
 
 def test_bridge_call_signature(vecs):

@@ -161,7 +161,7 @@ def test_validation_models_are_networks_of_the_paper_kernels(digits):
     with torch.no_grad():
         torch.testing.assert_close(ens(x), ref(x), rtol=1e-14, atol=0)
     conv = EnsembleConvNet(2, (1, 12, 12), channels=(3, 4), width=5, seed=0)
-    assert repr(conv.kernel) == repr(gk.paper_cnn(2, convs=2))
+    assert repr(conv.kernel) == repr(gk.paper_cnn(4, convs=2))
 
 
 class _KernelOnly(gk.Layer):

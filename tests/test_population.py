@@ -68,12 +68,12 @@ def test_population_records_and_tau_table(population):
     for r in records:
         assert 0 <= r["test_accuracy"] <= 1 and r["gap"] == pytest.approx(r["train_accuracy"] - r["test_accuracy"])
         assert r["measures"]["basin_radius"] > 0 and r["measures"]["ph_dimension_euclidean"] > 0
-    rows = list(csv.DictReader(open(out / "tau.csv")))
+    rows = list(csv.DictReader(open(out / "measures-tau.csv")))
     names = {row["measure"] for row in rows}
     assert {"margin", "spectrally_normalized_margin", "sharpness_average", "basin_radius", "ph_dimension_loss",
             "nngp_predicted_accuracy", "ntk_predicted_accuracy"} <= names
     assert len(rows) == 2 * len(names)
-    saved = json.load(open(out / "tau.json"))
+    saved = json.load(open(out / "measures-tau.json"))
     wn = next(t for t in saved["tau"] if t["measure"] == "weight_norm" and t["target"] == "test_accuracy")
     assert wn["overall"] is None  # every layer's norm is fixed by Nero's constraints: no ranking, null not 0
     for t in saved["tau"]:
@@ -81,8 +81,8 @@ def test_population_records_and_tau_table(population):
             assert t[k] is None or -1 <= t[k] <= 1
     gp = summary["gp_predicted_accuracy"]["nngp_predicted_accuracy"]
     assert all(v is None or 0 < v < 1 for v in gp) and sum(v is not None for v in gp) >= 3
-    assert (out / "tau.png").stat().st_size > 10_000
-    assert len(list(csv.reader(open(out / "networks.csv")))) == 5
+    assert (out / "measures-tau.png").stat().st_size > 10_000
+    assert len(list(csv.reader(open(out / "measures-networks.csv")))) == 5
 
 
 def test_population_resumes_without_training(population, monkeypatch):

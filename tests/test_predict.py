@@ -391,7 +391,8 @@ def test_files_and_plot(binary_curve, tmp_path):
     assert back.ensemble == c.ensemble and back.limit_accuracy == c.limit_accuracy
     ax = c.plot(title="t")
     assert ax.get_xscale() == "log" and ax.get_title() == "t"
-    assert len(ax.get_lines()) == len(c.ensemble) + 2
+    # one line per ensemble size, limit, chance, and the half-way margin (vertical line + marker)
+    assert len(ax.get_lines()) == len(c.ensemble) + 2 + 2 * np.isfinite(margin_at_fraction(c, 0.5, c.ensemble[0]))
 
 
 def test_blocked_training_kernel_equals_the_full_matrix(small, kernel):

@@ -10,7 +10,7 @@ import pytest
 from gpmargin.errors import GpmarginError
 from gpmargin.io import read_jsonl
 from validation.experiments import get_experiment
-from validation.sweep import records_complete, run_sweep
+from validation.sweep import records_complete, run_sweep, runs_path
 
 
 def test_minnorm_experiment_smoke(tmp_path, mnist_test):
@@ -29,13 +29,13 @@ def test_minnorm_experiment_smoke(tmp_path, mnist_test):
         assert 0 < sv["count"] < config.n_train and len(sv["top_indices"]) == min(sv["count"], 64)
         assert sv["top_multipliers"] == sorted(sv["top_multipliers"], reverse=True)
         assert math.isfinite(m["frobenius_normalized_margin"]) and m["spectral_norms"]
-    lines = len(list(read_jsonl(out / "runs.jsonl")))
+    lines = len(list(read_jsonl(runs_path(config, out))))
     again = run_sweep(config, out, "cpu", progress=False)
-    assert len(list(read_jsonl(out / "runs.jsonl"))) == lines and len(again) == 2
+    assert len(list(read_jsonl(runs_path(config, out)))) == lines and len(again) == 2
     summary = config.compare(out, records, device="cpu", verbose=False)
     assert {"minnorm", "nero"} == set(summary["arms"])
     for name in ("comparison.csv", "comparison.json", "comparison.png", "support_vectors.png"):
-        assert (out / name).stat().st_size > 0
+        assert (out / f"minnorm-{name}").stat().st_size > 0
     nets = [n for n in summary["networks"] if "gp_accuracy" in n]
     assert nets and all(0.0 <= n["gp_accuracy"] <= 1.0 for n in nets)
 
@@ -57,7 +57,7 @@ def test_large_batch_experiment_smoke(tmp_path, fashion_train, fashion_test):
     assert 0.0 <= m["test_accuracy"] <= 1.0 and "spectral_complexity_init_ref" in m
     summary = config.compare(tmp_path / "lb", records, verbose=False)
     assert [r["arm"] for r in summary["arms"]] == ["small", "large+sqrt+ghost"]
-    assert (tmp_path / "lb" / "comparison.png").stat().st_size > 0
+    assert (tmp_path / "lb" / "large_batch-comparison.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("sets, match", [

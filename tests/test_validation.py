@@ -135,18 +135,18 @@ def test_tiny_sweep_accuracy_rises_with_margin(mnist_test, tmp_path):
     assert set(big["ensembles"]) == {"1", "2", "4"}
     # a rerun finds everything done and adds nothing
     again = run_sweep(config, tmp_path / "s", device="cpu", progress=False)
-    assert len(read_jsonl(tmp_path / "s" / "runs.jsonl")) == len(again) == len(recs)
+    assert len(read_jsonl(tmp_path / "s" / ".state" / "validate-fig6" / "runs.jsonl")) == len(again) == len(recs)
     # theory vs experiment on the same split
     from validation.compare import compare
 
     summary = compare(config, tmp_path / "s", recs, verbose=False)
-    lines = (tmp_path / "s" / "comparison.csv").read_text().splitlines()
+    lines = (tmp_path / "s" / "fig6-comparison.csv").read_text().splitlines()
     header = lines[0].split(",")
     for col in ("margin", "ensemble", "nn_accuracy", "nn_accuracy_sem", "gp_accuracy", "gp_constrained_accuracy"):
         assert col in header
     assert len(lines) == 1 + len(config.margins) * len(config.ensembles)
-    assert (tmp_path / "s" / "comparison.png").stat().st_size > 10_000
-    saved = json.loads((tmp_path / "s" / "comparison.json").read_text())
+    assert (tmp_path / "s" / "fig6-comparison.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "s" / "fig6-comparison.json").read_text())
     assert saved["gaps"] == summary["gaps"] and "versions" in saved["metadata"]
     for col in ("gp_accuracy", "gp_constrained_accuracy"):
         assert summary["gaps"][col]["mean_abs_gap"] < 0.1
@@ -162,7 +162,7 @@ def _cli(*args, **kw):
 
 def test_resume_after_sigkill(mnist_test, tmp_path):
     out = tmp_path / "run"
-    runs = out / "runs.jsonl"
+    runs = out / ".state" / "validate-fig6" / "runs.jsonl"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "gpmargin", "validate", "fig6", "--scale", "smoke", "--out", str(out),
            "--device", "cpu", "--no-compare", "--no-progress", "--workers", "0"]  # Dask: test_distributed.py
@@ -262,14 +262,14 @@ def test_cli_set_overrides(mnist_test, tmp_path):
             "--set", "steps=20")
     r = _cli(*args)
     assert r.returncode == 0, r.stderr
-    saved = json.loads((out / "config.json").read_text())["config"]
+    saved = json.loads((out / ".state" / "validate-fig6" / "config.json").read_text())["config"]
     assert (saved["width"], saved["members"], saved["margins"], saved["steps"]) == (16, 2, [0.1, 3.0], 20)
-    recs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (out / ".state" / "validate-fig6" / "runs.jsonl").read_text().splitlines()]
     assert sorted(r["margin"] for r in recs) == [0.1, 3.0]
-    summary = json.loads((out / "comparison.json").read_text())
+    summary = json.loads((out / "fig6-comparison.json").read_text())
     assert summary["overrides"]["width"] == 16
     r = _cli(*args[:-2], "--set", "steps=30")  # a different config into the same folder: refused
-    assert r.returncode == 2 and "different config" in r.stderr, r.stderr
+    assert r.returncode == 2 and "different config" in r.stderr and "steps: 20 -> 30" in r.stderr, r.stderr
     r = _cli("validate", "fig6", "--scale", "smoke", "--out", str(tmp_path / "z"), "--set", "depth=x")
     assert r.returncode == 2 and r.stderr.startswith("error: --set 'depth=x'"), r.stderr
     assert r.stderr.strip().count("\n") == 0 and not (tmp_path / "z").exists()

@@ -81,9 +81,9 @@ def test_gd_smoke_sweep_against_its_theory(mnist_test, tmp_path):
 
     recs = run_sweep(config, tmp_path / "gd", device="cpu", progress=False)
     summary = compare(config, tmp_path / "gd", recs, verbose=False)
-    header = (tmp_path / "gd" / "comparison.csv").read_text().splitlines()[0].split(",")
+    header = (tmp_path / "gd" / "gd-comparison.csv").read_text().splitlines()[0].split(",")
     assert header[4:7] == ["nngp_accuracy", "ntk_accuracy", "ntk_time_accuracy"]
-    saved = json.loads((tmp_path / "gd" / "comparison.json").read_text())
+    saved = json.loads((tmp_path / "gd" / "gd-comparison.json").read_text())
     assert saved["predictions"]["ntk_time_accuracy"]["time"] == 40.0
     assert saved["predictions"]["ntk_accuracy"]["time"] is None
     for g in summary["gaps"].values():

@@ -14,8 +14,8 @@ validation.experiments  declarative experiment configs (``fig6``, ``minnorm``, `
 validation.minnorm_experiment  ``minnorm``: Minnorm vs Nero vs SGD (early stopping, weight decay) on fig6's data
 validation.large_batch  ``large_batch``: F1 net on Fashion-MNIST, small vs large batch and the remedies
 validation.large_batch_report  its table and figure
-validation.sweep        resumable sweeps: one JSON line per (margin, seed) in ``DIR/runs.jsonl``
-validation.compare      measured vs predicted accuracy: ``comparison.{csv,png,json}``
+validation.sweep        resumable sweeps: one JSON line per unit in ``DIR/.state/validate-NAME/runs.jsonl``
+validation.compare      measured vs predicted accuracy: ``DIR/NAME-comparison.{csv,png,json}``
 validation.diagnose     per-network diagnostics of a gap (fit, output scale, distance to the posterior)
 validation.cli          ``gpmargin validate EXPERIMENT --scale ... --out DIR``
 

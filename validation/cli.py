@@ -1,8 +1,9 @@
 """``gpmargin validate EXPERIMENT --scale quick|paper --out DIR [--device ...] [--seed N] [--set K=V]
 [--workers N | --scheduler ADDRESS]``.
 
-Runs (or resumes) the experiment's sweep into ``DIR/runs.jsonl``, then compares the measured
-accuracies with the NNGP predictions (``DIR/comparison.{csv,png,json}``).
+Runs (or resumes) the experiment's sweep into ``DIR/.state/validate-EXPERIMENT/runs.jsonl``, then
+compares the measured accuracies with the NNGP predictions (``DIR/EXPERIMENT-comparison.{csv,png,json}``).
+Several experiments (and figures) can share ``DIR``.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "gd (gradient descent vs its NTK theory), minnorm (Minnorm vs Nero vs SGD with early stopping / weight decay, accuracy against "
                    "normalized margins with the NNGP at each net's margin), large_batch (Fashion-MNIST F1 net: "
                    "small vs large batch and the remedies ghost BN, sqrt lr, regime adaptation; distance from init), "
-                   "measures (a population of networks; Kendall tau of generalization measures, DIR/tau.csv/.json/.png)")
+                   "measures (a population of networks; Kendall tau of generalization measures, DIR/measures-tau.csv/.json/.png)")
     p.add_argument("--scale", default="quick", help=f"one of {', '.join(SCALES)} (default quick)")
-    p.add_argument("--out", required=True, help="output folder (created; reused to resume)")
+    p.add_argument("--out", required=True, help="output folder (created; reused to resume; shared with other "
+                   "experiments and figures: state in DIR/.state/validate-EXPERIMENT/, results DIR/EXPERIMENT-*)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=None,
                    help="first network seed (seeds N, N+1, ...; member j of seed s uses 1000*s+j)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="change one field of the experiment's config, e.g. --set width=2048 --set members=4 "
-                        "--set margins=1e-3:1e1:7 (repeatable; recorded in config.json and the plot title)")
+                        "--set margins=1e-3:1e1:7 (repeatable; recorded in the state folder's config.json and the plot title)")
     p.add_argument("--no-compare", action="store_true", help="only run the sweep")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_execution_arguments(p)
@@ -43,27 +45,32 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from gpmargin.distributed.cluster import execution_from_args
+    from gpmargin.errors import GpmarginError
+    from gpmargin.io import check_output_folder
     from validation.experiments import get_experiment
-    from validation.sweep import load_task, records_complete, resolve_device, run_sweep
+    from validation.sweep import load_task, records_complete, resolve_device, run_sweep, runs_path
 
     config = get_experiment(args.experiment, args.scale)
     if args.overrides:
         config = config.with_overrides(args.overrides)
     if args.seed is not None:
         if args.seed < 0:
-            raise ValueError(f"--seed must be non-negative, got {args.seed}")
+            raise GpmarginError(f"--seed must be a non-negative integer, got {args.seed}")
         config = config.with_seed(args.seed)
     execution = execution_from_args(args)
     # units resolve --device where they run; the comparison (GP predictions) runs here
     device = resolve_device(args.device if execution.scheduler is None else "auto")
+    if execution.scheduler is None:  # with --scheduler, run_sweep checks it first (nothing written before)
+        check_output_folder(args.out)  # before any work: a bad --out fails in one line
     t0 = time.perf_counter()
     task = load_task(config)
     records = run_sweep(config, args.out, args.device, progress=not args.no_progress, task=task,
                         execution=execution)
-    print(f"sweep: {len(records)} unit(s) in {args.out}/runs.jsonl ({time.perf_counter() - t0:.1f} s this run)")
+    print(f"sweep: {len(records)} unit(s) in {runs_path(config, args.out)} ({time.perf_counter() - t0:.1f} s this run)")
     if not records_complete(config, records):
         raise ValueError("sweep incomplete; rerun the same command to resume")
     if not args.no_compare:
-        config.compare(args.out, records, task=task, device=device)
-        print(f"comparison written to {args.out}/comparison.csv, .png, .json")
+        summary = config.compare(args.out, records, task=task, device=device)
+        files = (summary or {}).get("files") or {}
+        print(f"comparison written to {', '.join(files.values()) if files else args.out}")
     return 0

@@ -14,8 +14,10 @@ over seeds); error bars are standard errors over those groups.
 
 Every prediction gets the same gap statistics (:func:`gap_statistics`): mean and max |gap|
 (and where the max is), signed mean, and the margin-shift factor ``c`` for which the prediction
-evaluated at ``c * alpha`` is closest to the measurements.  Writes ``comparison.csv``,
-``comparison.png`` and ``comparison.json`` (with run metadata), all atomically.
+evaluated at ``c * alpha`` is closest to the measurements.  Writes ``<experiment>-comparison.csv``,
+``.png`` and ``.json`` (with run metadata), all atomically, so several experiments share one
+results folder.  Accuracies are fractions in the files; gaps are shown in percentage points
+(100 x the accuracy difference) on the plot and in the printed summary.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ SHIFT_RANGE = (0.1, 10.0)
 def columns(config: ExperimentConfig) -> list[str]:
     """Prediction columns of this experiment's comparison."""
     return [c[0] for c in PREDICTIONS[config.gp_kind]]
+
+
+def in_margin_order(sorted_margins, values, margins) -> np.ndarray:
+    """``values[:, j]`` given at ascending ``sorted_margins`` (a curve's), rearranged to the order of
+    ``margins`` (the caller's, any order)."""
+    v = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
+    cols = np.searchsorted(np.asarray(sorted_margins, dtype=np.float64), np.asarray(margins, dtype=np.float64))
+    return v.reshape(v.shape[0], -1)[:, cols]
 
 
 class Predictor:
@@ -82,8 +92,10 @@ class Predictor:
                                     num_classes=lab.num_classes, y_train=lab.y_train)
 
     def accuracy(self, margins) -> np.ndarray:
-        """Predicted test accuracy ``(len(ensembles), len(margins))``."""
-        return np.asarray(self.curve(margins).accuracy, dtype=np.float64)
+        """Predicted test accuracy ``(len(ensembles), len(margins))``, in the caller's margin order
+        (a curve's margins are sorted)."""
+        curve = self.curve(margins)
+        return in_margin_order(curve.margins, curve.accuracy, margins)
 
     def train_fit(self, margins) -> dict[str, list[float]]:
         """Predicted training accuracy and relative error ``sqrt(E||f(X) - aY||^2) / ||aY||`` of one network."""
@@ -96,7 +108,9 @@ class Predictor:
         bias2, noise = float((mean - Y).square().sum()), float(post.std.square().sum()) * Y.shape[1]
         ynorm2 = float(Y.square().sum())
         rel = [math.sqrt(bias2 + noise / (a * a)) / math.sqrt(ynorm2) for a in margins]
-        return {"train_accuracy": [float(v) for v in self.curve(margins).train_accuracy[0]], "relative_error": rel}
+        curve = self.curve(margins)
+        acc = in_margin_order(curve.margins, curve.train_accuracy, margins)
+        return {"train_accuracy": [float(v) for v in acc[0]], "relative_error": rel}
 
 
 def predictors(config: ExperimentConfig, task, device=None) -> dict[str, Predictor]:
@@ -239,27 +253,36 @@ def plot(config: ExperimentConfig, rows: list[dict[str, Any]], path: Path, gap: 
         m = np.array([r["margin"] for r in rk])
         nn = np.array([np.nan if r["nn_accuracy"] is None else r["nn_accuracy"] for r in rk])
         sem = np.array([0.0 if r["nn_accuracy_sem"] is None else r["nn_accuracy_sem"] for r in rk])
+        worst = []
         for j, col in enumerate(cacc):
             g = (gap.get(col) or {}).get("by_ensemble", {}).get(str(k))
-            lab = labels[col] + ("" if g is None else f" — max {100 * g['max_abs_gap']:.1f} pts")
-            ax.plot(cm, cacc[col][ki], STYLES[j % 4], color=f"C{j}", lw=1.3, label=lab)
+            ax.plot(cm, cacc[col][ki], STYLES[j % 4], color=f"C{j}", lw=1.3, label=labels[col])
             if g is not None:
+                worst.append(f"{100 * g['max_abs_gap']:.1f}")
                 i = int(np.argmin(np.abs(m - g["max_gap_margin"])))
                 ax.plot([m[i], m[i]], [nn[i], nn[i] - g["max_gap_signed"]], "-", color=f"C{j}", lw=3, alpha=0.45)
         ax.errorbar(m, nn, yerr=sem, fmt="o", color="k", ms=4, capsize=2, label="trained networks (mean ± s.e.)")
         ax.set_xscale("log")
-        ax.set_title(f"ensemble of {k}" if k > 1 else "single network (Gibbs)", fontsize=9)
+        title = f"ensemble of {k}" if k > 1 else "single network (Gibbs)"
+        if worst:  # the largest gap of each prediction in this panel (the shaded segments)
+            title += f"\nmax |gap| {' / '.join(worst)} points"
+        ax.set_title(title, fontsize=8)
         ax.set_xlabel("margin α (targets α·y)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="upper left")
     axes[0][0].set_ylabel("test accuracy")
+    # one legend below the panels, outside every axes, so it can never cover a data point; each
+    # panel's largest gaps are in its title
+    handles, _ = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, [*(labels[c] for c in cacc), "trained networks (mean ± s.e.)"], loc="lower center",
+               ncol=min(4, len(cacc) + 1), fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.0))
     changed = config.overrides()
     label = config.scale + (", set " + " ".join(f"{k}={_short(v)}" for k, v in changed.items()) if changed else "")
-    worst = "; ".join(f"{labels[c]} {100 * g['max_abs_gap']:.1f}" for c, g in gap.items() if g is not None)
+    mean = "; ".join(f"{labels[c]} {100 * g['mean_abs_gap']:.2f} points (max {100 * g['max_abs_gap']:.1f})"
+                     for c, g in gap.items() if g is not None) or "nothing measured"
     fig.suptitle(f"{config.name} ({label}): {config.dataset} {config.task}, n_train={config.n_train}, "
                  f"depth {config.depth}, width {config.width}, {config.optimizer}, {config.steps} steps\n"
-                 f"max |nn − prediction| (accuracy points, all ensembles): {worst}", fontsize=8)
-    fig.tight_layout()
+                 f"mean |nn − prediction|: {mean}", fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     atomic_savefig(fig, path)
     plt.close(fig)
     return path
@@ -283,7 +306,7 @@ def training_fit(config: ExperimentConfig, records: list[dict], preds: dict[str,
 
 def compare(config: ExperimentConfig, out: str | os.PathLike, records: list[dict], task=None,
             device=None, verbose: bool = True) -> dict[str, Any]:
-    """Write ``comparison.{csv,png,json}`` in ``out`` and return the JSON summary."""
+    """Write ``<experiment>-comparison.{csv,png,json}`` in ``out`` and return the JSON summary."""
     out = Path(out)
     if task is None:
         from validation.sweep import load_task
@@ -303,18 +326,21 @@ def compare(config: ExperimentConfig, out: str | os.PathLike, records: list[dict
     w.writeheader()
     for r in rows:
         w.writerow({c: ("" if r[c] is None else r[c]) for c in cols})
-    atomic_write_text(out / "comparison.csv", buf.getvalue())
+    from validation.sweep import output_path
+
+    files = {ext: str(output_path(config, out, f"comparison.{ext}")) for ext in ("csv", "png", "json")}
+    atomic_write_text(files["csv"], buf.getvalue())
     labels = {c: p.label for c, p in preds.items()}
-    plot(config, rows, out / "comparison.png", gap, curves, labels)
+    plot(config, rows, files["png"], gap, curves, labels)
     summary = {"experiment": config.name, "scale": config.scale, "overrides": config.overrides(),
                "config_hash": config.config_hash(),
                "predictions": {c: {"label": p.label, "kind": p.kind, "time": p.time, "learning_rate": p.learning_rate,
                                    "jitter": float(p.posterior.jitter)} for c, p in preds.items()},
-               "gaps": gap, "rows": rows, "units": len(records),
+               "gaps": gap, "rows": rows, "units": len(records), "files": files,
                "metadata": run_metadata(device, data_info=getattr(task, "info", None))}
     if config.gp_kind == "ntk":
         summary["training_fit"] = training_fit(config, records, preds)
-    atomic_write_json(out / "comparison.json", summary)
+    atomic_write_json(files["json"], summary)
     if verbose:
         for col, g in gap.items():
             if g is not None:

@@ -172,8 +172,11 @@ def validate_config(c: ExperimentConfig) -> None:
         raise GpmarginError(f"ensemble sizes {c.ensembles} must lie in [1, members={c.members}]")
     if not c.seeds or len(set(c.seeds)) != len(c.seeds) or any(s < 0 for s in c.seeds):
         raise GpmarginError(f"seeds must be distinct non-negative integers, got {c.seeds}")
-    if c.depth < 1 or c.width < 1 or c.steps < 0 or c.n_train < 1:
-        raise GpmarginError("depth, width and n_train must be positive and steps non-negative")
+    for field_name in ("depth", "width", "n_train"):
+        if getattr(c, field_name) < 1:
+            raise GpmarginError(f"{field_name} must be a positive integer, got {getattr(c, field_name)}")
+    if c.steps < 0:
+        raise GpmarginError(f"steps must be a non-negative integer, got {c.steps}")
     if c.model not in MODELS:
         raise GpmarginError(f"unknown model {c.model!r} for a sweep: use one of {', '.join(MODELS)}")
     if c.gp_kind not in ("nngp", "ntk"):

@@ -16,8 +16,9 @@ Granulated tau          Jiang et al. 2020: for hyperparameter ``i``, the mean ov
                         is constant within a group (e.g. Frobenius norms under Nero's
                         constraints) has no tau there (NaN, ``null`` in JSON, blank in plots).
 
-Outputs in the sweep folder: ``networks.csv`` (one row per network), ``tau.csv`` and
-``tau.json`` (the table, config, run metadata) and ``tau.png``.
+Outputs in the results folder, named after the experiment (``measures-networks.csv``, ...):
+``<experiment>-networks.csv`` (one row per network), ``<experiment>-tau.csv`` and
+``<experiment>-tau.json`` (the table, config, run metadata) and ``<experiment>-tau.png``.
 """
 
 from __future__ import annotations
@@ -163,8 +164,11 @@ def analyse(config: MeasuresConfig, out: str | os.PathLike, records: list[dict],
     from gpmargin.io import atomic_write_json, atomic_write_text, run_metadata
     from validation.sweep import load_task
 
+    from validation.sweep import output_path
+
     t0 = time.perf_counter()
-    out = Path(out)
+    files = {"networks": str(output_path(config, out, "networks.csv")),
+             **{ext: str(output_path(config, out, f"tau.{ext}")) for ext in ("csv", "png", "json")}}
     task = task if task is not None else load_task(config)
     records = sorted(records, key=lambda r: r["network"])
     gp = gp_predictions(config, records, task, device)
@@ -180,7 +184,7 @@ def analyse(config: MeasuresConfig, out: str | os.PathLike, records: list[dict],
         w.writerow([r["network"], *(r["hyperparameters"][k] for k in HYPERPARAMETERS), r["test_accuracy"],
                     r["train_accuracy"], r["gap"], *("" if not np.isfinite(measures[n][i]) else repr(float(measures[n][i]))
                                                       for n in measures)])
-    atomic_write_text(out / "networks.csv", buf.getvalue())
+    atomic_write_text(files["networks"], buf.getvalue())
     cols = list(rows[0])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -188,16 +192,16 @@ def analyse(config: MeasuresConfig, out: str | os.PathLike, records: list[dict],
     for r in rows:
         w.writerow([("" if isinstance(r[c], float) and not math.isfinite(r[c]) else
                      (f"{r[c]:.4f}" if isinstance(r[c], float) else r[c])) for c in cols])
-    atomic_write_text(out / "tau.csv", buf.getvalue())
+    atomic_write_text(files["csv"], buf.getvalue())
     title = (f"Which measure tracks generalization? {len(records)} depth-{config.depth} MLPs on "
              f"{config.dataset} {config.task} ({config.n_train} train), {config.scale} scale; "
              f"τ > 0: networks with a larger value have higher {'/'.join(TARGETS)}")
-    plot(rows, records, measures, out / "tau.png", title)
+    plot(rows, records, measures, files["png"], title)
     summary = {"config": config.to_dict(), "networks": len(records),
                "tau": [{k: _none(v) for k, v in r.items()} for r in rows],
                "gp_predicted_accuracy": gp, "analysis_s": time.perf_counter() - t0,
                "population_train_s": float(sum(r["train_s"] for r in records)),
                "population_probe_s": float(sum(r["probe_s"] for r in records)),
-               "metadata": run_metadata(device)}
-    atomic_write_json(out / "tau.json", summary)
+               "files": files, "metadata": run_metadata(device)}
+    atomic_write_json(files["json"], summary)
     return summary

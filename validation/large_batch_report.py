@@ -1,5 +1,7 @@
 """The ``large_batch`` comparison: a table per arm and a three-panel figure.
 
+Written in the results folder as ``<experiment>-<file>`` (``large_batch-comparison.csv``, ...):
+
 ``comparison.csv``  one row per arm (means over seeds): batch, lr, epochs, updates, test and
                     train accuracy, the generalization gap ``train - test``, the large-batch gap
                     ``test(small) - test(arm)``, the share of the ``large`` arm's gap the arm
@@ -50,19 +52,22 @@ def arm_table(config, records: list[dict]) -> list[dict[str, Any]]:
 
 
 def compare_large_batch(config, out, records: list[dict], task=None, device=None, verbose: bool = True):
-    out = Path(out)
+    from validation.sweep import output_path
+
+    files = {ext: str(output_path(config, out, f"comparison.{ext}")) for ext in ("csv", "png", "json")}
     rows = arm_table(config, records)
     cols = list(rows[0].keys()) if rows else []
     lines = [",".join(cols)] + [",".join("" if r[c] is None else (f"{r[c]:.6g}" if isinstance(r[c], float)
                                                                     else str(r[c])) for c in cols) for r in rows]
-    atomic_write_text(out / "comparison.csv", "\n".join(lines) + "\n")
-    _plot(config, rows, records, out / "comparison.png")
+    atomic_write_text(files["csv"], "\n".join(lines) + "\n")
+    _plot(config, rows, records, files["png"])
     summary = {"experiment": config.name, "scale": config.scale, "overrides": config.overrides(),
                "config_hash": config.config_hash(), "arms": rows,
                "networks": [{"arm": r["arm"], "seed": r["seed"], **r["members"][0], "distance": r["distance"]}
                             for r in records],
-               "units": len(records), "metadata": run_metadata(device, data_info=getattr(task, "info", None))}
-    atomic_write_json(out / "comparison.json", summary)
+               "units": len(records), "files": files,
+               "metadata": run_metadata(device, data_info=getattr(task, "info", None))}
+    atomic_write_json(files["json"], summary)
     if verbose:
         for r in rows:
             gv = r["gap_vs_small"]

@@ -175,11 +175,13 @@ def network_rows(config: MinnormConfig, records: list[dict]) -> list[dict[str, A
 
 def compare_minnorm(config: MinnormConfig, out, records: list[dict], task=None, device=None,
                     verbose: bool = True) -> dict[str, Any]:
-    """``comparison.{csv,json,png}`` and ``support_vectors.png`` in ``out``."""
+    """``<experiment>-comparison.{csv,json,png}`` and ``<experiment>-support_vectors.png`` in ``out``."""
     from gpmargin.io import atomic_write_json, atomic_write_text, run_metadata
     from validation.compare import predicted_accuracy
+    from validation.sweep import output_path
 
-    out = Path(out)
+    files = {ext: str(output_path(config, out, f"comparison.{ext}")) for ext in ("csv", "png", "json")}
+    files["support_vectors"] = str(output_path(config, out, "support_vectors.png"))
     if task is None:
         from validation.sweep import load_task
 
@@ -220,14 +222,14 @@ def compare_minnorm(config: MinnormConfig, out, records: list[dict], task=None, 
             "frobenius_normalized_margin", "spectrally_normalized_margin", "frobenius_norm_product",
             "gp_margin_alpha", "gp_accuracy", "gp_constrained_accuracy", "support_vectors", "diverged"]
     lines = [",".join(cols)] + [",".join("" if r.get(c) is None else str(r.get(c)) for c in cols) for r in rows]
-    atomic_write_text(out / "comparison.csv", "\n".join(lines) + "\n")
-    _plot(config, rows, curve, scale, summary_arms, out / "comparison.png")
-    sv = _plot_support(config, records, task, out / "support_vectors.png")
+    atomic_write_text(files["csv"], "\n".join(lines) + "\n")
+    _plot(config, rows, curve, scale, summary_arms, files["png"])
+    sv = _plot_support(config, records, task, files["support_vectors"])
     summary = {"experiment": config.name, "scale": config.scale, "overrides": config.overrides(),
                "config_hash": config.config_hash(), "arms": summary_arms, "nero_norm_product": scale,
-               "gp_curve": curve, "networks": rows, "support_vectors": sv, "units": len(records),
+               "gp_curve": curve, "networks": rows, "support_vectors": sv, "units": len(records), "files": files,
                "metadata": run_metadata(device, data_info=getattr(task, "info", None))}
-    atomic_write_json(out / "comparison.json", summary)
+    atomic_write_json(files["json"], summary)
     if verbose:
         for arm, s in summary_arms.items():
             g = s["mean_abs_gap_nn_minus_gp"]

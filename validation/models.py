@@ -165,7 +165,7 @@ def conv_shapes(in_shape: Sequence[int], channels: Sequence[int], width: int, de
 def conv_kernel(in_shape, channels=(32, 32), width=512, dense_layers=1, outputs=1, init="gaussian", sigma=1.0):
     """The kernel object (``paper_cnn``) whose finite network the conv nets are."""
     shapes, _ = conv_shapes(in_shape, channels, width, dense_layers, outputs)
-    return paper_cnn(dense_layers + 1, W_std=_w_stds(shapes, init, sigma), convs=len(channels))
+    return paper_cnn(len(channels) + dense_layers + 1, W_std=_w_stds(shapes, init, sigma), convs=len(channels))
 
 
 class EnsembleConvNet(Network):

@@ -160,7 +160,7 @@ class MeasuresConfig:
         return measure_unit
 
     def compare(self, out, records: list[dict], task=None, device=None, verbose: bool = True):
-        """Kendall tau of every measure (``DIR/tau.{csv,json,png}``, ``DIR/networks.csv``)."""
+        """Kendall tau of every measure (``DIR/measures-tau.{csv,json,png}``, ``DIR/measures-networks.csv``)."""
         from validation.generalization import analyse
 
         return analyse(self, out, records, task=task, device=device)

@@ -1,10 +1,11 @@
 """Resumable margin sweeps: train, measure, append one JSON line per finished unit.
 
-Output folder layout::
+Output folder layout (``S = DIR/.state/validate-<experiment>``, one per experiment, so several
+experiments share ``DIR``; see :func:`gpmargin.io.prepare_results_folder`)::
 
-    DIR/config.json     the experiment config, its hash and run metadata (atomic write)
-    DIR/runs.jsonl      one line per finished unit (margin x seed), appended atomically
-    DIR/.lock           held (flock) while a sweep runs in DIR
+    S/config.json       the experiment config, its hash and run metadata (atomic write)
+    S/runs.jsonl        one line per finished unit (margin x seed), appended atomically
+    S/.lock             held (flock) while a sweep runs
 
 The units run through :class:`gpmargin.distributed.UnitRunner`: in this process (``workers=0``)
 or on Dask workers; either way each record is appended here, by the client, as its unit finishes,
@@ -37,6 +38,7 @@ from gpmargin.io import (
     read_jsonl,
     repair_jsonl,
     resolve_device,
+    state_folder,
 )
 from validation.experiments import ExperimentConfig
 from validation.models import effective_weights, member_seed, sweep_network
@@ -64,12 +66,25 @@ def _t(a: Any, device, dtype=None) -> torch.Tensor:
 # ----------------------------------------------------------------------------- output folder
 def prepare_output(config: ExperimentConfig, out: str | os.PathLike, device: torch.device | None = None,
                    execution: dict | None = None) -> Path:
-    """Create ``out`` with ``config.json``, or check that it holds this config's results.
+    """The experiment's state folder in ``out`` (``DIR/.state/validate-<name>/``, created), checked to
+    hold this config's results only.
 
     ``execution`` (where the units run) is saved beside the config but is not part of its hash,
     so a sweep started in one process may be resumed on a cluster and vice versa."""
     record = {"config": config.to_dict(), **({"execution": execution} if execution else {})}
-    return prepare_results_folder(out, config.config_hash(), record, "sweep", device)
+    return prepare_results_folder(out, config.config_hash(), record, "validate", device, name=config.name)
+
+
+def runs_path(config: ExperimentConfig, out: str | os.PathLike) -> Path:
+    """``runs.jsonl`` of ``config``'s experiment in results folder ``out``."""
+    return state_folder(out, "validate", config.name) / "runs.jsonl"
+
+
+def output_path(config: ExperimentConfig, out: str | os.PathLike, filename: str) -> Path:
+    """``out/<experiment>-<filename>``: every result file an experiment writes in its results folder
+    is named after the experiment (``fig6-comparison.csv``, ``measures-tau.png``, ...), so several
+    experiments share ``out``."""
+    return Path(out) / f"{config.name}-{filename}"
 
 
 def unit_key(margin: float, seed: int) -> tuple[str, int]:

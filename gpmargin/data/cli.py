@@ -14,7 +14,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="datasets: where they are and how big")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     info = sub.add_parser("info", help="list each dataset split, where it was found (or every path tried), and its size")
-    info.add_argument("--root", default=None, help="extra folder searched first (holding the files or <name>/)")
+    info.add_argument("--data-root", "--root", dest="root", default=None,
+                      help="extra folder searched first (holding the files or <name>/), as in 'gpmargin predict'")
     info.set_defaults(func=run_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -32,7 +33,9 @@ def describe(name: str, split: str, root=None) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    print(f"data search order: --root, ${locate.ENV_DATA}/<name>, system packages, cache {locate.cache_dir()}")
+    if args.root is not None:
+        locate.check_root(args.root, "--data-root")
+    print(f"data search order: --data-root, ${locate.ENV_DATA}/<name>, system packages, cache {locate.cache_dir()}")
     print(f"downloads: {'on' if locate.downloads_enabled() else 'off'} (not attempted by 'data info')")
     for name in DATASETS:
         print(f"{name} ({SPECS[name].title})")

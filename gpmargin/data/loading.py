@@ -29,6 +29,8 @@ def load_with_source(name: str, split: str = "train", root: str | os.PathLike | 
     """Like :func:`load`, plus a JSON-able dict saying which folder and files were used."""
     name = get_spec(name).name
     check_split(split)
+    if root is not None:
+        locate.check_root(root, "root")
     key_root = None if root is None else os.path.abspath(os.path.expanduser(str(root)))
     dl = locate.downloads_enabled() if download is None else bool(download)
     x, y, source = _cached(name, split, key_root, os.environ.get(locate.ENV_DATA),

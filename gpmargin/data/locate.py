@@ -371,14 +371,27 @@ def search(name: str, split: str, root: str | os.PathLike | None = None, downloa
     return s
 
 
-def how_to_fix(spec: DatasetSpec, split: str, download: bool) -> str:
-    """One sentence saying how to provide the files of a split."""
+def check_root(root: str | os.PathLike, name: str = "root") -> Path:
+    """``root`` (an extra data folder) must exist: a one-line :class:`DataError` naming ``name`` otherwise."""
+    r = Path(root).expanduser()
+    if not r.exists():
+        raise DataError(f"{name} {root}: no such folder; give an existing folder holding the dataset files "
+                        f"(or leave it out to search ${ENV_DATA}, system packages and the cache)")
+    if not r.is_dir():
+        raise DataError(f"{name} {root} is a file, not a folder; give the folder holding the dataset files")
+    return r
+
+
+def how_to_fix(spec: DatasetSpec, split: str | tuple[str, ...], download: bool) -> str:
+    """One sentence saying how to provide the files of a split (or of any of several splits)."""
+    splits = (split,) if isinstance(split, str) else tuple(split)
     if spec.archive is not None:
         files = f"{spec.name}/{spec.archive.base} or {spec.name}/{spec.archive_folder}/" + ",".join(
-            fs.base for fs in spec.files[split])
+            fs.base for sp in splits for fs in spec.files[sp])
     else:
-        files = " and ".join(f"{spec.name}/{fs.base}.gz" for fs in spec.files[split])
-    msg = f"to fix: set {ENV_DATA} to a folder holding {files} (or pass root=DIR, --root DIR)"
+        files = f"{spec.name}/" + ", ".join(f"{fs.base}.gz" for sp in splits for fs in spec.files[sp])
+    either = " (one split is enough: tasks carve train and test out of it)" if len(splits) > 1 else ""
+    msg = f"to fix: set {ENV_DATA} to a folder holding {files}{either}, or pass --data-root DIR (root=DIR in Python)"
     if spec.install_hint:
         msg += f", {spec.install_hint}"
     if spec.mirrors:
@@ -391,14 +404,42 @@ def how_to_fix(spec: DatasetSpec, split: str, download: bool) -> str:
     return msg
 
 
+def _benign(why: str) -> bool:
+    return why == "no such folder" or why.startswith("missing") or why.startswith("download failed")
+
+
+def cause(attempts: list[tuple[str, str]]) -> str:
+    """The most telling reason a search failed, for the head of the error message.
+
+    A file that exists but is broken beats everything; then a failed download; then "nothing found".
+    """
+    for path, why in attempts:
+        if not _benign(why):
+            return f"{path}: {why}"
+    env = "" if os.environ.get(ENV_DATA) else f"{ENV_DATA} is not set and "
+    failed = [why for _, why in attempts if why.startswith("download failed")]
+    if failed:
+        return f"{env}no searched folder holds the files, and the {failed[0]}"
+    return f"{env}no searched folder holds the files"
+
+
+def not_found_message(spec: DatasetSpec, splits: tuple[str, ...], attempts: list[tuple[str, str]],
+                      download: bool) -> str:
+    """One line: what is missing, its cause first, then what was searched and how to fix it."""
+    what = f"{splits[0]} split" if len(splits) == 1 else " and ".join(splits) + " splits"
+    tried = "; ".join(dict.fromkeys(f"{p}: {why}" for p, why in attempts))
+    return one_line(f"{spec.title} ({spec.name}) {what} not available: {cause(attempts)}. "
+                    f"{how_to_fix(spec, splits, download)}. Tried: {tried}")
+
+
 def find(name: str, split: str, root: str | os.PathLike | None = None, download: bool | None = None) -> Found:
-    """The verified split of ``name``, or a one-line :class:`DataError` listing every path tried."""
+    """The verified split of ``name``, or a one-line :class:`DataError` leading with the cause,
+    then how to fix it, then every path tried."""
     s = search(name, split, root, download)
     if s.found is not None:
         return s.found
     spec = get_spec(name)
     dl = downloads_enabled() if download is None else download
-    err = DataError(one_line(f"{spec.title} ({spec.name}) {split} split not available; tried: {s.tried()}; "
-                             f"{how_to_fix(spec, split, dl)}"))
+    err = DataError(not_found_message(spec, (split,), s.attempts, dl))
     err.attempts = s.attempts
     raise err

@@ -237,8 +237,8 @@ def make_task(dataset: str = "digits", task: str = "parity", n_train: int = 1000
     """
     sp = get_spec(dataset)
     kind, a, b = parse_task(task, sp.num_classes)
-    for nm, v in (("n_train", n_train), ("attack", attack)):
-        if not isinstance(v, (int, np.integer)) or v < 0:
+    for nm, v in (("n_train", n_train), ("attack", attack), ("seed", seed)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
             raise GpmarginError(f"{nm} must be a non-negative integer, got {v!r}")
     if n_train < 1:
         raise GpmarginError("n_train must be at least 1")
@@ -261,7 +261,10 @@ def make_task(dataset: str = "digits", task: str = "parity", n_train: int = 1000
         elif carve_from is None or (tr is None and te is None):
             errs = [e for e in (tr_err, te_err) if e]
             if len(errs) == 2:
-                raise DataError(f"{sp.title}: no split available. train: {errs[0]} | test: {errs[1]}")
+                from gpmargin.data.locate import downloads_enabled, not_found_message
+
+                attempts = [a for e in errs for a in getattr(e, "attempts", [(sp.name, str(e))])]
+                raise DataError(not_found_message(sp, ("train", "test"), attempts, downloads_enabled()))
             raise errs[0]
         else:
             carved = "test" if te else "train"
@@ -278,16 +281,18 @@ def make_task(dataset: str = "digits", task: str = "parity", n_train: int = 1000
         nt = avail - n_fit if n_test is None else n_test
         if nt < 1 or n_fit + nt > avail:
             want = f"{n_fit} train + " + (f"{n_test} test" if n_test is not None else "at least 1 test")
+            parts = f"n_train={n_train}" + (f" + attack={attack}" if attack else "")
             raise GpmarginError(f"{sp.name} {task}: the {carved} split has only {avail} usable examples, too few "
-                                f"for {want} (n_train={n_train}, attack={attack}); lower n_train or n_test")
+                                f"for {want} ({parts}); lower n_train or n_test")
         x_tr, y_tr, x_te, y_te = split(x, y, n_fit, nt, seed)
         sources = {"train": pool[2], "test": pool[2]}
     else:
         x_all, y_all = _label(kind, a, b, tr[0], tr[1])
         x_te_all, y_te_all = _label(kind, a, b, te[0], te[1])
         if n_fit > len(x_all):
+            want = f"n_train + attack = {n_train} + {attack}" if attack else f"n_train = {n_train}"
             raise GpmarginError(f"{sp.name} {task}: the train split has {len(x_all)} usable examples, fewer than "
-                                f"n_train + attack = {n_fit}")
+                                f"{want}; lower n_train")
         if n_test is not None and n_test > len(x_te_all):
             raise GpmarginError(f"{sp.name} {task}: the test split has {len(x_te_all)} usable examples, fewer than "
                                 f"n_test = {n_test}")

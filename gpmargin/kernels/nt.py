@@ -14,7 +14,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import numpy as np
 import torch
@@ -22,15 +24,41 @@ import torch
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.base import as_input, parse_get
 
+# neural-tangents imports TensorFlow, whose C++ start-up lines (oneDNN, CUDA drivers, CPU features)
+# are written straight to file descriptor 2 before TensorFlow reads TF_CPP_MIN_LOG_LEVEL; so the
+# variable is set for later messages and the imports run with descriptor 2 pointed at /dev/null.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-try:
-    import jax
-    import jax.numpy as jnp
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "gpmargin.kernels.nt needs JAX and neural-tangents: pip install 'gpmargin[nt]'"
-    ) from exc
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Send file descriptor 2 (native libraries' logging) to /dev/null while the block runs."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+with _quiet_native_stderr():
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "gpmargin.kernels.nt needs JAX and neural-tangents: pip install 'gpmargin[nt]'"
+        ) from exc
+    with contextlib.suppress(ImportError):
+        import neural_tangents  # noqa: F401  (imported here, quietly, so the user's import is silent)
 
 jax.config.update("jax_enable_x64", True)
 

@@ -51,24 +51,39 @@ def paper_mlp(depth: int, constrained: bool = False, *, W_std=1.0, act_scale: fl
     return serial(*layers)
 
 
-def paper_cnn(dense_layers: int = 2, constrained: bool = False, W_std=1.0, convs: int = 2) -> Serial:
+def paper_cnn(depth: int | None = None, constrained: bool = False, W_std=1.0, convs: int = 2, *,
+              dense_layers: int | None = None) -> Serial:
     """The paper's convolutional network: ``Conv(5x5, valid) - ReLU - Conv(5x5, valid) - ReLU -
-    Flatten - [Dense - ReLU] * (dense_layers - 1) - Dense`` (one output, no biases, plain ReLU).
+    Flatten - [Dense - ReLU] * (depth - 3) - Dense`` (one output, no biases, plain ReLU).
 
-    dense_layers : number of dense weight matrices after ``Flatten`` (>= 1; the last one is the
-        readout).  Default 2 (one hidden dense layer).
+    depth : number of weight layers, the convolutions included (>= convs + 1; default convs + 2,
+        i.e. one hidden dense layer), the same count as ``gpmargin predict --arch paper-cnn --depth``.
     W_std : fan-in weight scale of every layer (neural-tangents' default 1.0), or one per weight layer.
-    convs : number of 5x5 valid convolutions (default 2, the paper's).
     constrained : Nero-constrained rows (NNGP only), see :mod:`gpmargin.kernels.constrained`.
+    convs : number of 5x5 valid convolutions (default 2, the paper's).
+    dense_layers : deprecated; ``dense_layers=d`` is ``depth=d + convs``.
 
     On 28x28 MNIST the convolutions give 24x24 and then 20x20 feature maps; only same-position
     covariances are kept (``Flatten`` readout), so memory is 576 numbers per pair of images.
     """
-    if not isinstance(dense_layers, int) or isinstance(dense_layers, bool) or dense_layers < 1:
-        raise GpmarginError(f"paper_cnn dense_layers={dense_layers!r} must be an integer >= 1")
     if not isinstance(convs, int) or isinstance(convs, bool) or convs < 1:
         raise GpmarginError(f"paper_cnn convs={convs!r} must be an integer >= 1")
-    stds = _stds(W_std, convs + dense_layers, "paper_cnn")
+    if dense_layers is not None:
+        import warnings
+
+        if depth is not None:
+            raise GpmarginError(f"paper_cnn: give depth={depth!r} or the deprecated dense_layers={dense_layers!r}, not both")
+        if not isinstance(dense_layers, int) or isinstance(dense_layers, bool) or dense_layers < 1:
+            raise GpmarginError(f"paper_cnn dense_layers={dense_layers!r} must be an integer >= 1 (deprecated: use depth)")
+        warnings.warn(f"paper_cnn(dense_layers=d) is deprecated; use depth=d + {convs} (weight layers, convolutions "
+                      "included, as --depth in the CLI)", DeprecationWarning, stacklevel=2)
+        depth = dense_layers + convs
+    if depth is None:
+        depth = convs + 2
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < convs + 1:
+        raise GpmarginError(f"paper_cnn depth={depth!r} must be an integer >= {convs + 1} (weight layers: "
+                            f"{convs} convolutions plus at least the dense readout)")
+    stds = _stds(W_std, depth, "paper_cnn")
     layers = []
     for s in stds[:convs]:
         layers += [_affine(Conv2d(5, padding="valid", W_std=s), constrained), Relu()]

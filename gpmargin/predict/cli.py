@@ -135,7 +135,7 @@ def kernel_from_args(args):
         return kernels.paper_mlp(args.depth, constrained=args.constrained)
     if args.depth < 3:
         raise GpmarginError(f"--depth for paper-cnn counts 2 conv layers plus >= 1 dense layer: at least 3, got {args.depth}")
-    return kernels.paper_cnn(dense_layers=args.depth - 2, constrained=args.constrained)
+    return kernels.paper_cnn(args.depth, constrained=args.constrained)
 
 
 def load_task(args):
@@ -210,15 +210,20 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from gpmargin.errors import GpmarginError
-    from gpmargin.io import resolve_device
+    from gpmargin.io import check_output_folder, resolve_device
 
-    from gpmargin.predict.inputs import check_margins, parse_ensemble, parse_margins
+    from gpmargin.predict.inputs import parse_ensemble, parse_margins
 
-    margins = parse_margins(args.margins)
+    margins = parse_margins(args.margins)  # sorted, checked, capped
     ensemble = parse_ensemble(args.ensemble)
-    if margins is not None:
-        check_margins(margins)
+    if args.seed < 0:
+        raise GpmarginError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.data_root is not None:
+        from gpmargin.data.locate import check_root
+
+        check_root(args.data_root, "--data-root")
     device = resolve_device(args.device)
+    check_output_folder(args.out)  # before any work: a bad --out fails in one line, not after the curve
     torch.set_num_threads(_threads(args.threads))
     dataset = (args.dataset or "digits").lower()
     timings: dict[str, float] = {}
@@ -296,6 +301,8 @@ def _run(args: argparse.Namespace) -> int:
     when = "" if args.time is None else f", t={args.time:g}, lr={args.lr:g}"
     title = (f"{dataset} {args.task}, {arch} ({args.kind.upper()}{when}), "
              f"n_train={config['n_train']}, n_test={config['n_test']}")
+    if task.info.get("carved_from"):
+        title += f"\n(train and test carved from the {task.info['carved_from']} split)"
     curve.plot(ax=ax, title=title)
     png_path = atomic_savefig(fig, out / "curve.png")
     plt.close(fig)
@@ -311,11 +318,14 @@ def _run(args: argparse.Namespace) -> int:
 
     half = margin_at_fraction(curve, 0.5, ensemble=ensemble[0])
     half_s = f"{half:.4g}" if math.isfinite(half) else "not reached inside the margin range"
-    print(f"{title}")
+    print(title.replace("\n", " "))
     what = "kernel interpolator" if args.time is None else f"sign of the mean at time {args.time:g}"
     print(f"  limit accuracy (alpha -> inf, {what}): {curve.limit_accuracy:.4f}   chance: {curve.chance:.3g}")
-    print(f"  margin at half-way from chance to limit (ensemble {ensemble[0]}): {half_s}")
-    print(f"  accuracy at largest margin {curve.margins[-1]:.3g}: "
+    if curve.rises_above_chance:
+        print(f"  margin at half-way from chance to limit (ensemble {ensemble[0]}): {half_s}")
+    else:
+        print(f"  no half-way margin: {curve.not_above_chance_note()}")
+    print(f"  accuracy at the largest margin, {curve.margins[-1]:.3g}: "
           + ", ".join(f"k={k}: {curve.accuracy[j, -1]:.4f}" for j, k in enumerate(ensemble)))
     if curve.train_accuracy is not None and args.time is not None:
         print(f"  predicted train accuracy at time {args.time:g} (largest margin): "

@@ -104,6 +104,20 @@ class MarginCurve:
         return 1.0 / self.num_classes
 
     @property
+    def rises_above_chance(self) -> bool:
+        """Whether the ``alpha -> inf`` limit is above chance.  Only then does the curve rise from
+        chance to a limit and :func:`margin_at_fraction` (the half-way margin) mean anything."""
+        return bool(self.limit_accuracy > self.chance + 1e-12)
+
+    def not_above_chance_note(self) -> str | None:
+        """A sentence saying the curve is meaningless when its limit is not above chance, else None."""
+        if self.rises_above_chance:
+            return None
+        return (f"the alpha -> inf limit accuracy {self.limit_accuracy:.4f} is not above chance {self.chance:.3g}: "
+                "the GP does not beat guessing on this task (too few or uninformative training examples), "
+                "so the curve is meaningless and has no half-way margin")
+
+    @property
     def n_test(self) -> int:
         return int(self.per_example.shape[-1])
 
@@ -141,6 +155,8 @@ class MarginCurve:
         one row per pair, atomically."""
         from gpmargin.io import atomic_write_text
 
+        if Path(path).is_dir():
+            raise GpmarginError(f"to_csv: {path} is a folder; give a file path such as {Path(path) / 'curve.csv'}")
         buf = io.StringIO()
         rows = self.rows()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -164,6 +180,8 @@ class MarginCurve:
             "accuracy": self.accuracy.tolist(),
             "limit_accuracy": float(self.limit_accuracy),
             "train_accuracy": None if self.train_accuracy is None else self.train_accuracy.tolist(),
+            "limit_above_chance": self.rises_above_chance,
+            "note": self.not_above_chance_note(),
             "margin_at_half": {
                 str(k): _none_if_nan(margin_at_fraction(self, 0.5, ensemble=k)) for k in self.ensemble
             },
@@ -217,7 +235,9 @@ class MarginCurve:
 
     def plot(self, ax=None, title: str | None = None):
         """Accuracy against log margin: one line per ensemble size, the ``alpha -> inf``
-        limit dashed, chance dotted.  Returns the matplotlib axes."""
+        limit dashed, chance dotted, and the half-way margin of the smallest ensemble
+        (:func:`margin_at_fraction`) marked; a curve whose limit is not above chance says
+        so instead.  Returns the matplotlib axes."""
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -230,6 +250,17 @@ class MarginCurve:
         ax.axhline(self.limit_accuracy, color="k", ls="--", lw=1.2,
                    label=f"$\\alpha\\to\\infty$ ({what}): {self.limit_accuracy:.3f}")
         ax.axhline(self.chance, color="0.5", ls=":", lw=1.2, label=f"chance: {self.chance:.3g}")
+        k0 = self.ensemble[0]
+        half = margin_at_fraction(self, 0.5, ensemble=k0)
+        if math.isfinite(half):
+            target = self.chance + 0.5 * (self.limit_accuracy - self.chance)
+            ax.axvline(half, color="C3", ls="-.", lw=1.0)
+            ax.plot([half], [target], "o", color="C3", ms=6,
+                    label=f"half-way from chance to limit ({'single network' if k0 == 1 else f'k={k0}'}): "
+                          f"$\\alpha$ = {half:.3g}")
+        elif not self.rises_above_chance:
+            ax.text(0.5, 0.5, "limit not above chance:\nthe curve is meaningless", transform=ax.transAxes,
+                    ha="center", va="center", color="C3", fontsize="medium")
         ax.set_xscale("log")
         ax.set_xlabel("normalized margin $\\alpha$ (log scale)")
         ax.set_ylabel("predicted test accuracy")
@@ -441,11 +472,16 @@ def margin_curve(
         training inputs with equal labels are fine: jitter is added, reported in
         ``curve.jitter`` and announced by a ``JitterWarning``.
     """
-    kind, time, learning_rate = check_prediction(kernel, kind, time, learning_rate)
+    kind, time, learning_rate = check_prediction(kernel, kind, time, learning_rate,
+                                                 kernel_optional=kernel_store is not None)
     ensemble = check_ensemble(ensemble)
     margins = None if margins is None else check_margins(margins)
     if device is None:
         device = x_train.device if isinstance(x_train, torch.Tensor) else "cpu"
+    else:
+        from gpmargin.io import resolve_device
+
+        device = resolve_device(device)
     xtr = as_tensor(x_train, device=device, name="x_train")
     xte = as_tensor(x_test, device=device, name="x_test")
     labels = check_labels(y_train, y_test, num_classes=num_classes, device=device)
@@ -481,24 +517,27 @@ def margin_at_fraction(curve: MarginCurve, fraction: float = 0.5, ensemble: int 
     The target is ``chance + fraction * (limit_accuracy - chance)``; the first grid
     interval where the curve of ``ensemble`` reaches it is interpolated linearly in
     ``log(alpha)``.  Returns ``nan`` when the curve does not cross the target inside the
-    margin grid (already past it at the smallest margin, never reaching it, or a limit
-    equal to chance).
+    margin grid (already past it at the smallest margin, or never reaching it), and when the
+    limit is not above chance (:attr:`MarginCurve.rises_above_chance` is False: the curve is
+    meaningless).  Margins are read in increasing order whatever order the curve stores.
     """
     fraction = float(fraction)
     if not 0.0 < fraction < 1.0:
         raise GpmarginError(f"fraction must be strictly between 0 and 1, got {fraction:g}")
-    y = curve.row(ensemble)
+    order = np.argsort(curve.margins, kind="stable")
+    y = curve.row(ensemble)[order]
+    margins = np.asarray(curve.margins)[order]
     span = curve.limit_accuracy - curve.chance
-    if abs(span) < 1e-12 or len(curve.margins) == 0:
+    if not curve.rises_above_chance or len(margins) == 0:
         return float("nan")
     target = curve.chance + fraction * span
-    h = (y - target) * np.sign(span)  # >= 0 once the target is reached
+    h = y - target  # >= 0 once the target is reached
     reached = np.nonzero(h >= 0)[0]
     if reached.size == 0:
         return float("nan")
     j = int(reached[0])
     if j == 0:
-        return float(curve.margins[0]) if h[0] == 0 else float("nan")
-    la, lb = math.log(curve.margins[j - 1]), math.log(curve.margins[j])
+        return float(margins[0]) if h[0] == 0 else float("nan")
+    la, lb = math.log(margins[j - 1]), math.log(margins[j])
     t = h[j - 1] / (h[j - 1] - h[j])
     return float(math.exp(la + t * (lb - la)))

@@ -17,6 +17,7 @@ NaNs, ...) is refused.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,13 +32,24 @@ __all__ = [
     "check_features",
     "check_margins",
     "check_ensemble",
+    "check_kernel",
     "check_conflicting_duplicates",
     "check_kind",
     "check_time",
     "check_learning_rate",
     "parse_margins",
     "parse_ensemble",
+    "MAX_MARGINS",
+    "UnseenClassWarning",
 ]
+
+MAX_MARGINS = 2000
+"""Most margins one curve may have: the accuracy grid stores ``ensembles x margins x test points``
+float64 numbers (2000 x 5 x 9000 is 720 MB), and 41 already draw a smooth curve."""
+
+
+class UnseenClassWarning(UserWarning):
+    """Test labels include classes that never occur among the training labels."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,13 @@ def check_labels(y_train, y_test, num_classes: int | None = None, device=None) -
     both = np.concatenate([a.astype(np.float64), b.astype(np.float64)])
     if not np.all(np.isfinite(both)):
         raise GpmarginError("labels contain NaN or infinite values")
+    unseen = sorted(set(np.unique(b).tolist()) - set(np.unique(a).tolist()))
+    if unseen:
+        names = ", ".join(f"{v:g}" for v in unseen[:10]) + (" ..." if len(unseen) > 10 else "")
+        n_pts = int(np.isin(b, unseen).sum())
+        warnings.warn(f"y_test holds class(es) {names} ({n_pts} of {b.size} test points) that never occur in "
+                      f"y_train (classes {', '.join(f'{v:g}' for v in np.unique(a)[:10])}): the GP has never "
+                      "seen them, so those points are almost never predicted right", UnseenClassWarning, stacklevel=3)
     is_pm1 = np.all(np.abs(both) == 1.0)
     ints = np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)
     if is_pm1 and (np.any(both < 0) or not ints):
@@ -157,7 +176,11 @@ def check_features(x_train: torch.Tensor, x_test: torch.Tensor, n_train_labels: 
 
 
 def check_margins(margins) -> np.ndarray:
-    """Margins as a 1-D float64 array of finite values > 0."""
+    """Margins as a sorted (ascending) 1-D float64 array of at most :data:`MAX_MARGINS` finite values > 0.
+
+    Sorting here, at the input, keeps every curve's margin axis increasing (so the largest margin is
+    the last one and :func:`~gpmargin.predict.margin_at_fraction` reads it left to right).
+    """
     try:
         m = np.atleast_1d(np.asarray(margins, dtype=np.float64))
     except (TypeError, ValueError):
@@ -166,10 +189,19 @@ def check_margins(margins) -> np.ndarray:
         raise GpmarginError(f"margins must be a 1-D list of numbers, got shape {m.shape}")
     if m.size == 0:
         raise GpmarginError("margins is empty; give at least one margin alpha > 0 (or None for automatic)")
+    if m.size > MAX_MARGINS:
+        raise GpmarginError(f"margins has {m.size} values; at most {MAX_MARGINS} are allowed (41 draw a smooth curve)")
     bad = m[~(np.isfinite(m) & (m > 0))]
     if bad.size:
         raise GpmarginError(f"margins must be finite and > 0, got {bad[0]:g}")
-    return m
+    return np.sort(m)
+
+
+def check_kernel(kernel, name: str = "kernel") -> None:
+    """A kernel object callable as ``kernel(x1, x2, get=...)`` (e.g. :func:`gpmargin.kernels.paper_mlp`)."""
+    if not callable(kernel):
+        raise GpmarginError(f"{name} must be a kernel object callable as {name}(x1, x2, get='nngp'), e.g. "
+                            f"gpmargin.kernels.paper_mlp(5); got {type(kernel).__name__} {kernel!r:.60}")
 
 
 KINDS = ("nngp", "ntk", "ntkgp")
@@ -257,7 +289,11 @@ def check_conflicting_duplicates(x_train: torch.Tensor, labels: Labels, max_name
 
 
 def parse_margins(spec: str):
-    """``"LO:HI:N"`` -> N log-spaced margins; ``"a,b,c"`` -> list; ``"auto"`` -> None."""
+    """``"LO:HI:N"`` -> N log-spaced margins; ``"a,b,c"`` -> list; ``"auto"`` -> None.
+
+    The margins come back sorted ascending (``1e1:1e-3:5`` is the same grid as ``1e-3:1e1:5``) and
+    checked by :func:`check_margins`; ``N`` above :data:`MAX_MARGINS` is refused before anything is made.
+    """
     s = spec.strip().lower()
     if s in ("", "auto"):
         return None
@@ -266,9 +302,13 @@ def parse_margins(spec: str):
     )
     if ":" not in s:
         try:
-            return [float(v) for v in s.split(",") if v.strip()]
+            vals = [float(v) for v in s.split(",") if v.strip()]
         except ValueError:
             raise bad from None
+        try:
+            return check_margins(vals).tolist()
+        except GpmarginError as exc:
+            raise GpmarginError(f"--margins {spec!r}: {exc}") from None
     try:
         lo, hi, n = s.split(":")
         lo, hi, n = float(lo), float(hi), int(n)
@@ -278,8 +318,12 @@ def parse_margins(spec: str):
         raise GpmarginError(f"--margins {spec}: LO and HI must be finite and > 0")
     if n < 1:
         raise GpmarginError(f"--margins {spec}: N must be at least 1")
+    if n > MAX_MARGINS:
+        raise GpmarginError(f"--margins {spec}: N = {n} margins is too many; at most {MAX_MARGINS} "
+                            "(41 draw a smooth curve)")
     if n == 1:
         return [lo]
+    lo, hi = min(lo, hi), max(lo, hi)
     step = (math.log10(hi) - math.log10(lo)) / (n - 1)
     return [10 ** (math.log10(lo) + i * step) for i in range(n)]
 

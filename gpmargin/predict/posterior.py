@@ -4,9 +4,9 @@
 networks trained to margin ``alpha`` (targets ``f(X) = alpha * Y``):
 
 * ``"nngp"``  the paper's model: the NNGP conditioned on the training outputs (below);
-  with a finite ``time``, gradient flow on the readout layer alone (:mod:`.gradient`).
+  with a finite ``time``, gradient flow on the readout layer alone (:mod:`gpmargin.predict.gradient`).
 * ``"ntk"``   an infinite ensemble of infinitely wide networks trained by gradient descent
-  on the squared error, to convergence or for a finite ``time`` (:mod:`.gradient`).
+  on the squared error, to convergence or for a finite ``time`` (:mod:`gpmargin.predict.gradient`).
 * ``"ntkgp"`` a GP with the NTK as prior covariance, conditioned like the NNGP (what
   ``"ntk"`` meant until the gradient-descent prediction was added).
 
@@ -41,7 +41,7 @@ import torch
 
 from gpmargin.errors import GpmarginError
 from gpmargin.linalg import safe_cholesky
-from gpmargin.predict.inputs import KINDS, as_tensor, check_kind, check_learning_rate, check_time
+from gpmargin.predict.inputs import KINDS, as_tensor, check_kernel, check_kind, check_learning_rate, check_time
 
 __all__ = [
     "Posterior",
@@ -78,12 +78,16 @@ class Posterior:
     train: "Posterior | None" = None
 
 
-def check_prediction(kernel, kind: str, time=None, learning_rate=1.0) -> tuple[str, float | None, float]:
-    """Validate ``kind``, ``time`` and ``learning_rate`` for ``kernel`` (at the API boundary).
+def check_prediction(kernel, kind: str, time=None, learning_rate=1.0, *,
+                     kernel_optional: bool = False) -> tuple[str, float | None, float]:
+    """Validate ``kernel``, ``kind``, ``time`` and ``learning_rate`` (at the API boundary);
+    ``kernel_optional``: None is allowed (the matrices come from a kernel store).
 
     ``time`` applies to the gradient-descent predictions (``"ntk"``, and ``"nngp"`` as the
     readout-only flow); ``"ntk"`` and ``"ntkgp"`` need a kernel with an NTK.
     """
+    if not (kernel_optional and kernel is None):
+        check_kernel(kernel)
     kind = check_kind(kind)
     time = check_time(time)
     learning_rate = check_learning_rate(learning_rate)
@@ -285,6 +289,7 @@ def gp_posterior(
     ``kernel_test`` and ``solve``.
     """
     kind = get
+    check_kernel(kernel)
     n, m = x_train.shape[0], x_test.shape[0]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
