@@ -153,7 +153,7 @@ def _accuracies(path):
     return np.array([[float(r["margin"]), float(r["accuracy"])] for r in rows])
 
 
-def test_predict_cli_with_kernel_store_gives_the_same_curve(tmp_path):
+def test_predict_cli_with_kernel_store_gives_the_same_curve(tmp_path, mnist_test):
     from gpmargin.cli import main
 
     data = ["--dataset", "mnist", "--task", "parity", "--n-train", str(N), "--n-test", str(M), "--threads", "1"]

@@ -184,7 +184,7 @@ def test_client_killed_then_rerun_resumes(mnist_test, tmp_path):
     assert f"sweep: 4 unit(s)" in r.stdout
 
 
-def test_bad_scheduler_and_execution_options(tmp_path):
+def test_bad_scheduler_and_execution_options(tmp_path, mnist_test):  # the CLI loads MNIST first
     t0 = time.perf_counter()
     with pytest.raises(GpmarginError, match=r"no Dask scheduler answered at --scheduler tcp://127.0.0.1:9 within 1 s"):
         connect("tcp://127.0.0.1:9", timeout=1)

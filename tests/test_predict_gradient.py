@@ -125,7 +125,7 @@ def test_curve_records_kind_time_and_learning_rate(data, kernel, tmp_path):
     np.testing.assert_array_equal(back.train_accuracy, c.train_accuracy)
 
 
-def test_cli_predict_ntk_at_a_finite_time_on_mnist(tmp_path):
+def test_cli_predict_ntk_at_a_finite_time_on_mnist(tmp_path, mnist_test):
     out = tmp_path / "gd"
     assert main(["predict", "--dataset", "mnist", "--n-train", "150", "--n-test", "200", "--depth", "3",
                  "--kind", "ntk", "--time", "200", "--lr", "0.5", "--margins", "1e-2:1e1:6", "--ensemble", "1,4",
