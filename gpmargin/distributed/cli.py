@@ -60,30 +60,10 @@ def _client(workers: int, scheduler: str | None):
         raise GpmarginError(f"--workers must be >= 0 (0: in this process), got {workers}")
     if scheduler and workers:
         raise GpmarginError(f"--workers {workers} and --scheduler {scheduler} exclude each other")
-    try:  # the cluster module of the sweeps (one place for cluster set-up), when present
-        from gpmargin.distributed.cluster import Execution, open_client
-    except ImportError:
-        open_client = None
-    if open_client is not None:
-        with open_client(Execution(workers=workers, scheduler=scheduler)) as client:
-            yield client
-        return
-    if not scheduler and not workers:
-        yield None
-        return
-    from distributed import Client, LocalCluster
+    from gpmargin.distributed.cluster import Execution, open_client  # the one place for cluster set-up
 
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout=10)
-        except OSError as exc:
-            raise GpmarginError(f"no Dask scheduler answered at --scheduler {scheduler} within 10 s ({exc})") from None
-        with client:
-            yield client
-        return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            yield client
+    with open_client(Execution(workers=workers, scheduler=scheduler)) as client:
+        yield client
 
 
 def run(args: argparse.Namespace) -> int:
