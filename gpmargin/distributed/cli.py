@@ -66,16 +66,6 @@ def _client(workers: int, scheduler: str | None):
         yield client
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    threads_before = torch.get_num_threads()
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads_before)
-
-
 def _run(args: argparse.Namespace) -> int:
     import warnings
 
@@ -112,3 +102,10 @@ def _run(args: argparse.Namespace) -> int:
           + (f" ({r['repaired']} damaged ones redone)" if r["repaired"] else "")
           + f"; {size / 1e9:.3g} GB on disk; {time.perf_counter() - t_start:.1f} s")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``gpmargin kernel`` (torch's thread count is restored afterwards)."""
+    from gpmargin.predict.cli import keeping_torch_threads
+
+    return keeping_torch_threads(_run)(args)

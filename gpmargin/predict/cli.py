@@ -192,15 +192,21 @@ def _default_n_train(dataset: str, task: str, root) -> int:
     return int(((y == a) | (y == b)).sum())
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``gpmargin predict`` (torch's thread count is restored afterwards)."""
-    import torch
+def keeping_torch_threads(body):
+    """``body(args)`` run with torch's thread count restored afterwards (the CLIs set it from
+    ``--threads``; a caller in the same process keeps its own)."""
 
-    threads_before = torch.get_num_threads()
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads_before)
+    def run(args: argparse.Namespace) -> int:
+        import torch
+
+        threads_before = torch.get_num_threads()
+        try:
+            return body(args)
+        finally:
+            torch.set_num_threads(threads_before)
+
+    run.__doc__ = body.__doc__
+    return run
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -334,3 +340,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  jitter added to the training kernel: {curve.jitter:.3g}")
     print(f"  wrote {csv_path.name}, {json_path.name}, {png_path.name} in {out}/  ({timings['total']:.1f} s)")
     return 0
+
+
+run = keeping_torch_threads(_run)
+run.__doc__ = "Run ``gpmargin predict`` (torch's thread count is restored afterwards)."
