@@ -22,8 +22,22 @@ import torch
 
 from gpmargin.errors import GpmarginError
 
-__all__ = ["safe_cholesky", "cholesky_solve", "JitterWarning", "jitter_ladder", "pivot_floor", "factor_ok",
+__all__ = ["mirror_upper", "safe_cholesky", "cholesky_solve", "JitterWarning", "jitter_ladder", "pivot_floor", "factor_ok",
            "warn_jitter", "not_positive_definite"]
+
+def mirror_upper(K: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """Copy the upper triangle of the square matrix ``K`` onto its lower one, in place, one
+    column block at a time: ``K[i, j] = K[j, i]`` for ``i > j``, so ``K`` is exactly symmetric
+    (a Gram matrix from a BLAS need not be: its two triangles may round differently)."""
+    n = K.shape[0]
+    for c0 in range(0, n, block):
+        c1 = min(c0 + block, n)
+        diag = K[c0:c1, c0:c1]
+        upper = torch.ones(c1 - c0, c1 - c0, dtype=torch.bool, device=K.device).triu_()
+        diag.copy_(torch.where(upper, diag, diag.T))
+        K[c1:, c0:c1] = K[c0:c1, c1:].T
+    return K
+
 
 START_REL_JITTER = 1e-10
 MAX_REL_JITTER = 1e-3

@@ -27,6 +27,7 @@ import torch
 
 from gpmargin.distributed.store import KINDS, KernelStore, store_config
 from gpmargin.errors import GpmarginError
+from gpmargin.linalg import mirror_upper
 
 __all__ = ["compute_kernel_store", "DEFAULT_TILE", "check_kinds"]
 
@@ -60,8 +61,9 @@ def compute_unit(kernel, task: tuple, xa: torch.Tensor, xb: torch.Tensor | None,
     name = task[0]
     if name == "diag":
         out = kernel.diag(xa, get=get)
-    elif name == "train" and task[1] == task[2]:
+    elif name == "train" and task[1] == task[2]:  # a diagonal tile: exactly symmetric by construction
         out = kernel(xa, None, get=get)
+        out = tuple(mirror_upper(o) for o in out) if isinstance(out, tuple) else mirror_upper(out)
     else:
         out = kernel(xa, xb.to(dev), get=get)
     out = out if isinstance(out, tuple) else (out,)

@@ -43,6 +43,8 @@ def _const(t: torch.Tensor) -> float | None:
 class Activation(Layer):
     """Base class: shape-preserving; the mean over units is known only after a linear layer."""
 
+    maps_dist = True
+
     def out_spec(self, spec: Spec) -> Spec:
         return Spec(spec.kind, spec.shape)
 
@@ -73,6 +75,47 @@ class Activation(Layer):
         raise NotImplementedError
 
 
+# 1 - cos(theta) below which the angle is taken from the carried distance (see
+# gpmargin.kernels.state): elsewhere the plain arc-cosine is accurate to eps / sin(theta) < 3e-14.
+NEAR_ONE = 1e-5
+
+
+def _sin_minus_theta_cos(theta: torch.Tensor) -> torch.Tensor:
+    """``sin t - t cos t = t^3/3 - t^5/30 + t^7/840 - t^9/45360 + ...`` without cancellation, for
+    the small angles ``t < 0.05`` it is used at (truncation error below 1e-17 relative)."""
+    t2 = theta * theta
+    return (((t2 * (-1.0 / 45360) + 1.0 / 840) * t2 - 1.0 / 30) * t2 + 1.0 / 3) * t2 * theta
+
+
+def arccos_near_one(dist, s1, s2, f: float, g: float):
+    r"""The degree-1 arc-cosine map from the distance, for pairs near correlation 1.
+
+    With :math:`p = \sqrt{v_1 v_2}` (``s_i = \sqrt{v_i}``), :math:`\delta = (s_1 - s_2)^2` and
+    :math:`1 - \cos\theta = (d - \delta) / 2p`, :math:`\theta = 2 \arcsin\sqrt{(1 - \cos\theta)/2}`;
+    returns :math:`\Sigma' = p [f \sin\theta + (g - f\theta)\cos\theta]`, the NTK factor
+    :math:`g - f\theta` and the output distance
+    :math:`d' = g\delta + 2p\,[g (1 - \cos\theta) - f (\sin\theta - \theta\cos\theta)]`, each with its
+    relative accuracy however small ``theta`` is.  Called only where ``1 - cos theta < NEAR_ONE``
+    (``theta < 0.005``); ``1 - cos theta`` is clamped to 1e-3 (``theta < 0.045``), inside the
+    range of the series for ``sin theta - theta cos theta``.
+    """
+    p = s1 * s2
+    delta = (s1 - s2).square_()
+    one_minus_cos = (dist - delta).mul_(0.5 * _rsqrt_or_zero(p * p)).clamp_(0.0, 1e-3)
+    theta = one_minus_cos.mul(0.5).sqrt_().arcsin_().mul_(2.0)
+    cos = 1.0 - one_minus_cos
+    sin = (one_minus_cos * (2.0 - one_minus_cos)).sqrt_()
+    factor = g - f * theta
+    sigma = p * (f * sin + factor * cos)
+    dist_out = g * delta + 2.0 * p * (g * one_minus_cos - f * _sin_minus_theta_cos(theta))
+    return sigma, factor, dist_out
+
+
+def _expand_at(a: torch.Tensor, like: torch.Tensor, where) -> torch.Tensor:
+    """Entries ``where`` of the statistic ``a`` broadcast onto ``like``."""
+    return a.expand_as(like)[where]
+
+
 class ABRelu(Activation):
     r"""``phi(x) = a min(x, 0) + b max(x, 0)`` (the arc-cosine kernel of degree 1).
 
@@ -83,9 +126,17 @@ class ABRelu(Activation):
         \Sigma_{out} = \sqrt{v_1 v_2}\,[f \sin\theta + (g - f\theta)\cos\theta], \qquad
         \Theta_{out} = (g - f\theta)\,\Theta_{in}.
 
+    Where :math:`1 - \cos\theta <` ``NEAR_ONE`` the angle comes from the pair's carried distance
+    (:func:`arccos_near_one`), so nearly coinciding pre-activations (identical receptive fields of
+    distinct images, duplicated inputs) keep full precision; near :math:`\cos\theta = -1` (exactly
+    opposite inputs) the NNGP stays exact but :math:`\theta`, hence the NTK, is accurate to
+    about :math:`\sqrt{\epsilon}`.
+
     The mean over units is :math:`(b - a)\sqrt{v / 2\pi}`.  ``Relu(scale)`` is ``ABRelu(0, scale)``
     and ``LeakyRelu(slope)`` is ``ABRelu(slope, 1)``.
     """
+
+    uses_dist = True
 
     def __init__(self, a: float, b: float):
         self.a = float(a)
@@ -102,8 +153,9 @@ class ABRelu(Activation):
         return self.gaussian_mean(var) * ratio
 
     def precompute(self, var, mean):
-        sqrt, rsqrt = var.clamp(min=0).sqrt(), _rsqrt_or_zero(var)
-        return {"sqrt": sqrt, "rsqrt": rsqrt, "sqrt_const": _const(sqrt), "rsqrt_const": _const(rsqrt)}
+        var = var.clamp(min=0)
+        sqrt, rsqrt = var.sqrt(), _rsqrt_or_zero(var)
+        return {"var": var, "sqrt": sqrt, "rsqrt": rsqrt, "sqrt_const": _const(sqrt), "rsqrt_const": _const(rsqrt)}
 
     def finite(self, fl: Flow) -> Flow:
         a, b = self.a, self.b
@@ -127,13 +179,47 @@ class ABRelu(Activation):
             if st.ntk is not None:
                 st.ntk.mul_(g)
             return st
-        one = k.new_ones(())
         if st.aux1 is None or st.aux2 is None:
             st.aux1, st.aux2 = self.precompute(st.var1, None), self.precompute(st.var2, None)
+        record = st.dist is None and st.near is not None  # the driver recomputes near pairs
+        dist = None if record else (st.dist if st.dist is not None else st.naive_dist())
         _scale(k, st, "rsqrt")
         k.clamp_(-1.0, 1.0)  # cos(theta)
-        if st.self_pairs is not None and st.layout != "full":
-            k[st.self_pairs] = 1.0  # an input with itself: theta = 0 exactly, not sqrt(eps)
+        same = None
+        if dist is not None:
+            # dist == 0 exactly: identical pre-activations (identical receptive fields), theta = 0
+            same = dist == 0
+            k.masked_fill_(same, 1.0)
+            near = ((k > 1.0 - NEAR_ONE) & ~same).nonzero(as_tuple=True)
+        else:
+            near = (k > 1.0 - NEAR_ONE).nonzero(as_tuple=True)
+        fix = near[0].numel() > 0
+        if record and fix:
+            st.near.append(near)
+            fix = False
+        if fix:  # the angle from the distance (see arccos_near_one)
+            s1 = _expand_at(st.bcast1(st.aux1["sqrt"]), k, near)
+            s2 = _expand_at(st.bcast2(st.aux2["sqrt"]), k, near)
+            sigma_near, factor_near, dist_near = arccos_near_one(dist[near], s1, s2, f, g)
+            ntk_near = None if st.ntk is None else st.ntk[near] * factor_near
+        self._arccos_map(k, st, f, g)
+        if st.keep_dist:  # d' = g (v1 + v2) - 2 Sigma': accurate wherever 1 - cos > NEAR_ONE
+            dist = dist.copy_(st.bcast1(st.aux1["var"]).expand_as(k)).add_(st.bcast2(st.aux2["var"]))
+            dist.mul_(g).add_(k, alpha=-2.0).clamp_(min=0.0).masked_fill_(same, 0.0)
+        if fix:
+            k[near] = sigma_near
+            if st.ntk is not None:
+                st.ntk[near] = ntk_near
+            if st.keep_dist:
+                dist[near] = dist_near
+        st.dist = dist if st.keep_dist else None
+        return st
+
+    @staticmethod
+    def _arccos_map(k: torch.Tensor, st: KernelState, f: float, g: float) -> None:
+        """``k <- sqrt(v1 v2) [f sin(theta) + (g - f theta) cos(theta)]`` from ``k = cos(theta)``,
+        and ``ntk <- (g - f theta) ntk``, in place."""
+        one = k.new_ones(())
         dot = torch.arccos(k)
         torch.add(one * g, dot, alpha=-f, out=dot)  # g - f theta = E[phi'(u) phi'(u')]
         fsin = torch.addcmul(one * f**2, k, k, value=-(f**2)).sqrt_()  # f sin(theta); |cos| <= 1
@@ -142,7 +228,6 @@ class ABRelu(Activation):
         torch.addcmul(fsin, dot, k, out=k)  # f sin + (g - f theta) cos
         del dot, fsin
         _scale(k, st, "sqrt")
-        return st
 
 
 class Relu(ABRelu):
@@ -152,9 +237,6 @@ class Relu(ABRelu):
         super().__init__(0.0, scale)
         self.scale = float(scale)
 
-    def __repr__(self) -> str:
-        return f"Relu(scale={self.scale!r})"
-
 
 class LeakyRelu(ABRelu):
     """``phi(x) = max(x, 0) + slope * min(x, 0)``."""
@@ -162,9 +244,6 @@ class LeakyRelu(ABRelu):
     def __init__(self, slope: float):
         super().__init__(slope, 1.0)
         self.slope = float(slope)
-
-    def __repr__(self) -> str:
-        return f"LeakyRelu(slope={self.slope!r})"
 
 
 class Erf(Activation):
@@ -193,10 +272,53 @@ class Erf(Activation):
         y = y * self.a if self.a != 1.0 else y
         return Flow(y + self.c if self.c else y, fl.layout, fl.members, {}, True)
 
+    def self_nngp(self, var: torch.Tensor) -> torch.Tensor:
+        """``E[phi(u)^2]`` for ``u ~ N(0, var)``: the output variance."""
+        beta = 2.0 * self.b**2
+        v = var.clamp(min=0)
+        return (v * beta / (v * beta + 1.0)).arcsin_().mul_(self.a**2 * 2.0 / math.pi).add_(self.c**2)
+
+    def dist_near(self, dist, v1, v2) -> torch.Tensor:
+        r"""Output distance :math:`E[(\phi(u) - \phi(u'))^2] = \frac{2a^2}{\pi}[\arcsin s_1 + \arcsin s_2
+        - 2\arcsin u]` (:math:`s_i = \beta v_i / q_i`, :math:`\beta = 2b^2`) for nearly coinciding
+        pairs, without cancellation: each :math:`\arcsin x - \arcsin y` is an ``atan2`` whose sine
+        :math:`(x - y)(x + y) / (x\sqrt{1-y^2} + y\sqrt{1-x^2})` takes :math:`s_i - u` from the
+        distance :math:`d` (1-D tensors of the pairs' ``d, v1, v2``)."""
+        beta = 2.0 * self.b**2
+        q1, q2 = 1.0 + beta * v1, 1.0 + beta * v2
+        r1, r2 = q1.rsqrt(), q2.rsqrt()
+        root_sum = q1.sqrt() + q2.sqrt()
+        dv = v1 - v2
+        s1, s2 = beta * v1 / q1, beta * v2 / q2
+        u = beta * 0.5 * (v1 + v2 - dist) * r1 * r2
+        # s1 - u = beta r1 (v1 r1 - Sigma r2), expanded so that v1 - v2 and d appear explicitly
+        s1_u = beta * r1 * (dv * (0.5 * r2 - beta * v1 * r1 * r2 / root_sum) + 0.5 * dist * r2)
+        s2_u = beta * r2 * (-dv * (0.5 * r1 - beta * v2 * r1 * r2 / root_sum) + 0.5 * dist * r1)
+        cu = (1.0 - u * u).clamp_(min=0.0).sqrt_()
+
+        def asin_minus_asin_u(x, x_u, one_minus_x):
+            cx = (one_minus_x * (1.0 + x)).clamp_(min=0.0).sqrt_()
+            same_sign = x * u > 0
+            sine = torch.where(same_sign, x_u * (x + u) / torch.where(same_sign, x * cu + u * cx, 1.0),
+                               x * cu - u * cx)
+            return torch.atan2(sine, cx * cu + x * u)
+
+        total = asin_minus_asin_u(s1, s1_u, 1.0 / q1) + asin_minus_asin_u(s2, s2_u, 1.0 / q2)
+        return total.mul_(self.a**2 * 2.0 / math.pi).clamp_(min=0.0)
+
     def apply(self, st: KernelState) -> KernelState:
         b2 = self.b**2
         v1, v2 = st.bcast1(st.var1.clamp(min=0)), st.bcast2(st.var2.clamp(min=0))
         k = st.nngp
+        near = None
+        if st.keep_dist:
+            dist = st.dist if st.dist is not None else st.naive_dist()
+            # pairs this close need the well-conditioned distance; elsewhere the subtraction
+            # v1' + v2' - 2 Sigma' loses at most a factor 1e4 of its relative accuracy
+            same = dist == 0  # identical pre-activations: identical outputs
+            near = ((dist < (v1 + v2).mul_(1e-4)) & ~same).nonzero(as_tuple=True)
+            if near[0].numel():
+                dist_near = self.dist_near(dist[near], _expand_at(v1, k, near), _expand_at(v2, k, near))
         if st.ntk is not None:
             # q1 q2 - 4 b^4 K^2 = 1 + 2 b^2 (v1 + v2) + 4 b^4 (v1 v2 - K^2): no cancellation near |u| = 1
             den = torch.mul(k, k).neg_().addcmul_(v1, v2).clamp_(min=0.0).mul_(4.0 * b2 * b2)
@@ -209,6 +331,15 @@ class Erf(Activation):
         k.arcsin_().mul_(self.a**2 * 2.0 / math.pi)
         if self.c:
             k.add_(self.c**2)
+        if st.keep_dist:
+            out1, out2 = st.bcast1(self.self_nngp(st.var1)), st.bcast2(self.self_nngp(st.var2))
+            dist = dist.copy_(out1.expand_as(k)).add_(out2).add_(k, alpha=-2.0).clamp_(min=0.0)
+            dist.masked_fill_(same, 0.0)
+            if near[0].numel():
+                dist[near] = dist_near
+            st.dist = dist
+        else:
+            st.dist = None
         return st
 
 
@@ -222,6 +353,8 @@ class Identity(Activation):
         return torch.zeros_like(var)
 
     def apply(self, st: KernelState) -> KernelState:
+        if not st.keep_dist:
+            st.dist = None
         return st
 
     def finite(self, fl: Flow) -> Flow:

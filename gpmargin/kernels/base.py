@@ -8,6 +8,8 @@ every layer is itself a kernel object (``Dense()(x)`` is the kernel of one dense
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -67,13 +69,29 @@ def input_spec(x: torch.Tensor) -> Spec:
     return Spec("image", tuple(x.shape[1:]))
 
 
-class Layer:
+class _Frozen(type):
+    """Metaclass of layers: once constructed, an instance's attributes cannot be rebound."""
+
+    def __call__(cls, *args, **kwargs):
+        obj = super().__call__(*args, **kwargs)
+        object.__setattr__(obj, "_frozen", True)
+        return obj
+
+
+class Layer(metaclass=_Frozen):
     """One layer of a kernel network (see the module docstring).
+
+    Layers are immutable values, like stax's pure functions: two layers are equal (and hash
+    alike) when they are of the same class with the same arguments, ``repr`` prints every
+    argument (``eval(repr(k)) == k`` for the public layers), and pickling or copying gives an
+    equal layer.
 
     Subclasses implement ``out_spec`` (shape checking), ``apply`` (the kernel map, in place
     where possible) and ``out_mean`` (mean over units of the output features, used by
     ``Centred``), and may set ``needs_full_spatial`` (reads pairs of distinct positions) or
-    ``supports_ntk = False``.
+    ``supports_ntk = False``.  A layer that maps the pair distance ``st.dist`` (see
+    :mod:`gpmargin.kernels.state`) sets ``maps_dist = True``; one that needs it (an angle near 0)
+    sets ``uses_dist = True``.  The driver drops ``dist`` before a layer that does not map it.
 
     Finite networks: ``module(in_shape, units, init)`` builds the layer's finite, batched torch
     module (see :mod:`gpmargin.kernels.finite`); layers with learnable units (``Dense``,
@@ -83,6 +101,8 @@ class Layer:
     needs_full_spatial = False
     supports_ntk = True
     has_units = False
+    maps_dist = False
+    uses_dist = False
 
     # -- interface -------------------------------------------------------------------
     def out_spec(self, spec: Spec) -> Spec:  # pragma: no cover - abstract
@@ -131,6 +151,26 @@ class Layer:
 
         return serial(self).network(width, **kwargs)
 
+    # -- a layer is a value ----------------------------------------------------------------
+    def arguments(self) -> dict:
+        """The constructor arguments that define this layer, by name."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        if all(n in self.__dict__ for n in names):
+            return {n: self.__dict__[n] for n in names}
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.arguments() == other.arguments()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__qualname__, tuple(self.arguments().items())))
+
+    def __setattr__(self, name, value):
+        if self.__dict__.get("_frozen"):
+            raise GpmarginError(f"{type(self).__name__} layers are immutable values; build a new one instead of "
+                                f"setting .{name}")
+        object.__setattr__(self, name, value)
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_"))
+        args = ", ".join(f"{k}={v!r}" for k, v in self.arguments().items())
         return f"{type(self).__name__}({args})"

@@ -57,6 +57,7 @@ class Centred(Layer):
 
     supports_ntk = False
     has_units = True
+    maps_dist = True
 
     def __init__(self, layer: Affine):
         if not isinstance(layer, Affine):
@@ -100,7 +101,15 @@ class Centred(Layer):
         m1 = st.bcast1(self.layer.pool_field(st.mean1))
         m2 = st.bcast2(self.layer.pool_field(st.mean2))
         nngp.addcmul_(m1, m2, value=-1.0)
+        dist = None
+        if st.dist is not None:
+            # E[(h - h')^2] = A[dist] - (A[mu] - A[mu'])^2: the centred rows remove the mean difference
+            dist = self.layer.average_dist(st)
+            gap = m1 - m2
+            dist.addcmul_(gap, gap, value=-1.0).clamp_(min=0.0)
         if n is not None:
             nngp.mul_(n / (n - 1))
+            if dist is not None:
+                dist.mul_(n / (n - 1))
         st.ntk = None
-        return self.layer.linear(st, nngp)
+        return self.layer.linear(st, nngp, dist)

@@ -123,6 +123,27 @@ class Conv2d(Affine):
         (oh, ow), (pt, pb), (pl, pr) = self._pads(h, w)
         if pt or pb or pl or pr:
             k = F.pad(k, (pl, pr, pt, pb, pl, pr, pt, pb))
+        return self._average_padded(k, oh, ow)
+
+    def average_dist(self, st) -> torch.Tensor:
+        """Filter average of the pair distance.  With zero padding and all position pairs kept, a
+        padded position paired with a real one ``p'`` is at distance ``v2[p']`` (not 0), so the
+        padded distance gets those entries before it is averaged."""
+        h, w = st.dist.shape[-4:-2] if st.layout == "full" else (0, 0)
+        if st.layout != "full" or self.padding == "valid":
+            return self.average(st.dist, st.layout)
+        (oh, ow), (pt, pb), (pl, pr) = self._pads(h, w)
+        if not (pt or pb or pl or pr):
+            return self._average_padded(st.dist, oh, ow)
+        pads = (pl, pr, pt, pb)
+        d = F.pad(st.dist, pads + pads)
+        outside = 1.0 - F.pad(st.dist.new_ones(h, w), pads)  # 1 on the padding
+        v1, v2 = F.pad(st.var1.clamp(min=0), pads), F.pad(st.var2.clamp(min=0), pads)
+        d.add_(st.bcast1(outside.expand_as(v1)) * st.bcast2(v2)).add_(st.bcast1(v1) * st.bcast2(outside.expand_as(v2)))
+        return self._average_padded(d, oh, ow)
+
+    def _average_padded(self, k: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
+        """The filter average of an already padded full-layout tensor ``(..., H', W', H', W')``."""
         kh, kw = self.kernel_size
         sh, sw = self.stride
         out = None

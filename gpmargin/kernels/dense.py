@@ -20,13 +20,19 @@ class Affine(Layer):
     W_std: float
     b_std: float | None
 
-    def linear(self, st: KernelState, nngp: torch.Tensor) -> KernelState:
+    maps_dist = True
+
+    def linear(self, st: KernelState, nngp: torch.Tensor, dist: torch.Tensor | None = None) -> KernelState:
         """Finish the layer from the input covariance ``nngp`` averaged over a weight row's inputs.
 
-        ``nngp <- W_std^2 nngp + b_std^2`` and ``ntk <- W_std^2 ntk + nngp`` (in place; ``st.ntk``
-        must already be averaged over the row's inputs the same way).
+        ``nngp <- W_std^2 nngp + b_std^2``, ``ntk <- W_std^2 ntk + nngp`` and ``dist <- W_std^2
+        dist`` (the bias cancels in ``E[(u - u')^2]``); in place, ``st.ntk`` and ``dist`` already
+        averaged over the row's inputs the same way.
         """
         w2 = self.W_std**2
+        if dist is not None and w2 != 1.0:
+            dist.mul_(w2)
+        st.dist = dist
         if w2 != 1.0:
             nngp.mul_(w2)
         if self.b_std is not None:
@@ -46,7 +52,12 @@ class Affine(Layer):
         nngp = self.average(st.nngp, st.layout)
         if st.ntk is not None:
             st.ntk = self.average(st.ntk, st.layout)
-        return self.linear(st, nngp)
+        dist = None if st.dist is None else self.average_dist(st)
+        return self.linear(st, nngp, dist)
+
+    def average_dist(self, st: KernelState) -> torch.Tensor:
+        """``st.dist`` averaged over the inputs of one weight row (as ``average``)."""
+        return self.average(st.dist, st.layout)
 
     def out_mean(self, mean, var, spec):
         # zero-mean weights and biases: the mean over units of the outputs is 0

@@ -23,6 +23,7 @@ import torch
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.base import as_input, parse_get
+from gpmargin.linalg import mirror_upper
 
 # neural-tangents imports TensorFlow, whose C++ start-up lines (oneDNN, CUDA drivers, CPU features)
 # are written straight to file descriptor 2 before TensorFlow reads TF_CPP_MIN_LOG_LEVEL; so the
@@ -97,7 +98,11 @@ class NeuralTangentsKernel:
         if t2 is not None and t1.shape[1:] != t2.shape[1:]:
             raise GpmarginError(f"x1 has examples of shape {tuple(t1.shape[1:])} but x2 has {tuple(t2.shape[1:])}")
         out = self._run(self._to_jax(t1), None if t2 is None else self._to_jax(t2), get)
-        conv = lambda o: torch.from_numpy(np.array(o)).to(t1.device)  # noqa: E731
+
+        def conv(o):
+            o = torch.from_numpy(np.array(o))
+            return (mirror_upper(o) if t2 is None else o).to(t1.device)  # one input set: exactly symmetric
+
         return tuple(conv(o) for o in out) if isinstance(out, tuple) else conv(out)
 
     def network(self, width, **_ignored):

@@ -39,12 +39,16 @@ class Flatten(Layer):
         h, w = t.shape[-2:]
         return t.reshape(*lead, h * w, h * w).diagonal(dim1=-2, dim2=-1).mean(-1)
 
+    maps_dist = True
+
     def apply(self, st: KernelState) -> KernelState:
         if st.layout == "vector":
             return st
         st.nngp = self._reduce(st.nngp, st.layout)
         if st.ntk is not None:
             st.ntk = self._reduce(st.ntk, st.layout)
+        if st.dist is not None:
+            st.dist = self._reduce(st.dist, st.layout)
         st.layout = "vector"
         return st
 
@@ -69,7 +73,10 @@ class GlobalAvgPool(Layer):
 
     :math:`\Sigma_{out} = \frac{1}{(HW)^2}\sum_{p,p'} \Sigma_{p,p'}` (likewise for the NTK); it
     reads pairs of distinct positions, so networks containing it keep the full
-    position-position covariance (memory ``(HW)^2`` per pair of examples).
+    position-position covariance (memory ``(HW)^2`` per pair of examples).  The distance of the
+    pooled features is not a function of the carried position-pair distances, so a later
+    activation starts again from ``v1 + v2 - 2 Sigma`` (accurate unless the pooled features of
+    two inputs nearly coincide).
     """
 
     needs_full_spatial = True

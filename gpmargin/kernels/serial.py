@@ -15,6 +15,7 @@ Computation of ``k(x1, x2)``:
 from __future__ import annotations
 
 import math
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
@@ -23,9 +24,10 @@ import torch
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.base import Layer, as_input, input_spec, parse_get
 from gpmargin.kernels.state import KernelState, Spec, spatial_diagonal
+from gpmargin.linalg import mirror_upper
 
 DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of tile working memory besides the outputs
-_SCRATCH = 4  # tile-sized temporaries alive at once inside a layer (nngp/ntk excluded)
+_SCRATCH = 5  # tile-sized temporaries alive at once inside a layer (nngp/ntk excluded, dist included)
 _CHUNK_PAIRS = 32768  # kernel entries per CPU work item: in cache, below torch's parallel grain
 _INPLACE_TILE_BYTES = 32 * 2**20  # rows per matmul block when tiles are written into the outputs
 
@@ -35,20 +37,38 @@ def _input_mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=1)
 
 
-def _input_self(x: torch.Tensor, layout: str, want_ntk: bool) -> KernelState:
-    if layout == "vector":
-        nngp = (x * x).sum(1) / x.shape[1]
-    elif layout == "diag":
+def _input_self(x: torch.Tensor, layout: str, want_ntk: bool, want_dist: bool) -> KernelState:
+    if layout in ("vector", "diag"):
         nngp = (x * x).sum(1) / x.shape[1]
     else:
         nngp = torch.einsum("nchw,ncij->nhwij", x, x) / x.shape[1]
     ntk = torch.zeros_like(nngp) if want_ntk else None
     mean = _input_mean(x)
     var = spatial_diagonal(nngp, layout).clone()
-    return KernelState(nngp, ntk, var, var, mean, mean, layout, pair=False)
+    st = KernelState(nngp, ntk, var, var, mean, mean, layout, pair=False)
+    if want_dist and layout == "full":  # pairs of positions of one image
+        st.dist = _image_dist(x, x, "self")
+    return st
+
+
+def _image_dist(x1: torch.Tensor, x2: torch.Tensor, layout: str) -> torch.Tensor:
+    """``(1/C) sum_c (x1 - x2)^2`` for every pair the layout holds: ``(N1, N2, H, W)`` ("diag"),
+    ``(N1, N2, H, W, H, W)`` ("full") or one image's positions ``(N, H, W, H, W)`` ("self")."""
+    out = None
+    for c in range(x1.shape[1]):
+        a, b = x1[:, c], x2[:, c]
+        if layout == "diag":
+            diff = a[:, None] - b[None, :]
+        elif layout == "full":
+            diff = a[:, None, :, :, None, None] - b[None, :, None, None, :, :]
+        else:
+            diff = a[:, :, :, None, None] - a[:, None, None, :, :]
+        out = diff.square_() if out is None else out.addcmul_(diff, diff)
+    return out.div_(x1.shape[1])
 
 
 def _input_pair(x1, x2, layout, want_ntk, out_nngp=None, out_ntk=None) -> KernelState:
+    """The input kernel of a tile (its distance is added row chunk by row chunk)."""
     if layout == "vector":
         if out_nngp is not None and out_nngp.is_contiguous():
             nngp = torch.matmul(x1, x2.T, out=out_nngp)
@@ -78,7 +98,8 @@ class Serial(Layer):
     max_memory : int, optional
         Bytes of working memory per tile besides the outputs (default 256 MiB).
     progress : bool, optional
-        Show a tqdm progress bar; default: only when there are more than 8 tiles.
+        Show a tqdm progress bar; default: only when stderr is a terminal and there are more
+        than 8 tiles (so a call from a script or a notebook log stays quiet).
     """
 
     def __init__(self, layers: Iterable[Layer]):
@@ -158,6 +179,40 @@ class Serial(Layer):
         layout = "full" if needs_full else "diag"
         return layout, (biggest**2 if layout == "full" else biggest), specs
 
+    def _dist_needed(self) -> list[bool]:
+        """``needs[i]``: whether layer ``i`` or a later one uses the pair distance (one entry
+        per layer, plus a last ``False``)."""
+        needs = [False] * (len(self.layers) + 1)
+        for i in range(len(self.layers) - 1, -1, -1):
+            needs[i] = needs[i + 1] or self.layers[i].uses_dist
+        return needs
+
+    def _layers_pass(self, st, stats1, stats2, aux1, aux2, specs, needs, at1, at2) -> KernelState:
+        """Push a pair state through every layer; ``at1``/``at2`` select its first / second members
+        in the per-example statistics (slices for a tile, index tensors for ``points``)."""
+        for i, layer in enumerate(self.layers):
+            var1, mean1 = stats1[i]
+            var2, mean2 = stats2[i]
+            st.var1, st.var2 = var1[at1], var2[at2]
+            st.mean1 = None if mean1 is None else mean1[at1]
+            st.mean2 = None if mean2 is None else mean2[at2]
+            st.spec = specs[i]
+            st.aux1 = _rows_of(aux1[i], at1)
+            st.aux2 = _rows_of(aux2[i], at2)
+            st = _apply(layer, st, needs, i)
+        return st
+
+    @staticmethod
+    def _points(x1, x2, i, j, want_ntk, stats1, stats2) -> KernelState:
+        """The input state of the vector pairs ``(x1[i], x2[j])``, with their distance from the differences."""
+        a, b = x1[i], x2[j]
+        d = a.shape[1]
+        nngp = (a * b).sum(1).div_(d)
+        st = KernelState(nngp, torch.zeros_like(nngp) if want_ntk else None, stats1[0][0][i], stats2[0][0][j],
+                         None, None, "vector", pair=False, points=True)
+        st.dist = (a - b).square_().sum(1).div_(d)
+        return st
+
     def _check_ntk(self, want_ntk: bool) -> None:
         if want_ntk:
             for layer in self.layers:
@@ -174,9 +229,10 @@ class Serial(Layer):
         stats: list[list] = [[[], []] for _ in self.layers]
         out_nngp, out_ntk = [], []
         starts = range(0, n, chunk)
+        needs = self._dist_needed()
         for r0 in _progress(starts, progress, "kernel diag"):
             xs = x[r0 : r0 + chunk]
-            st = _input_self(xs, layout, want_ntk)
+            st = _input_self(xs, layout, want_ntk, needs[0])
             for i, layer in enumerate(self.layers):
                 var = spatial_diagonal(st.nngp, st.layout).clone()
                 st.var1 = st.var2 = var
@@ -185,7 +241,7 @@ class Serial(Layer):
                 stats[i][0].append(var)
                 stats[i][1].append(st.mean1)
                 mean = layer.out_mean(st.mean1, var, specs[i])
-                st = layer.apply(st)
+                st = _apply(layer, st, needs, i)
                 st.mean1 = st.mean2 = mean
             out_nngp.append(st.nngp)
             out_ntk.append(st.ntk)
@@ -228,14 +284,14 @@ class Serial(Layer):
         x1, x2, same, want_nngp, want_ntk, as_tuple, plan = self._prepare(x1, x2, get)
         layout, spatial, specs = plan
         mem = _memory(max_memory, batch_size, spatial)
-        stats1, _, _ = self._self_pass(x1, plan, want_ntk, mem, False)
+        stats1, diag_nngp, diag_ntk = self._self_pass(x1, plan, want_ntk, mem, False)
         stats2 = stats1 if same else self._self_pass(x2, plan, want_ntk, mem, False)[0]
 
         n1, n2 = x1.shape[0], x2.shape[0]
         out_nngp = torch.empty((n1, n2), dtype=torch.float64, device=x1.device)
         out_ntk = torch.empty((n1, n2), dtype=torch.float64, device=x1.device) if want_ntk else None
 
-        ids1, ids2 = (None, None) if same else _example_ids(x1, x2)
+        needs = self._dist_needed()
         aux1 = [layer.precompute(var, mean) for layer, (var, mean) in zip(self.layers, stats1)]
         aux2 = aux1 if same else [layer.precompute(var, mean) for layer, (var, mean) in zip(self.layers, stats2)]
         rows, cols = _tile_shape(n1, n2, spatial, layout, batch_size, mem)
@@ -257,22 +313,20 @@ class Serial(Layer):
             """Push rows s0:s1 of the tile starting at (r0, c0) through all layers; store them."""
             a0, a1, c1 = r0 + s0, r0 + s1, c0 + st.nngp.shape[1]
             sub = KernelState(st.nngp[s0:s1], None if st.ntk is None else st.ntk[s0:s1].zero_(),
-                              None, None, None, None, st.layout, pair=True)
-            if same:
-                sub.self_pairs = _self_pairs(a0, a1, c0, c1, x1.device)
-            else:
-                hit = (ids1[a0:a1, None] == ids2[None, c0:c1]).nonzero(as_tuple=True)
-                sub.self_pairs = hit if hit[0].numel() else None
-            for i, layer in enumerate(self.layers):
-                var1, mean1 = stats1[i]
-                var2, mean2 = stats2[i]
-                sub.var1, sub.var2 = var1[a0:a1], var2[c0:c1]
-                sub.mean1 = None if mean1 is None else mean1[a0:a1]
-                sub.mean2 = None if mean2 is None else mean2[c0:c1]
-                sub.spec = specs[i]
-                sub.aux1 = _rows_of(aux1[i], a0, a1)
-                sub.aux2 = _rows_of(aux2[i], c0, c1)
-                sub = layer.apply(sub)
+                              stats1[0][0][a0:a1], stats2[0][0][c0:c1], None, None, st.layout, pair=True)
+            if needs[0] and st.layout == "vector":
+                sub.near = []  # nearly coinciding pairs are recomputed below, with their distance
+            elif needs[0]:
+                sub.dist = _image_dist(x1[a0:a1], x2[c0:c1], st.layout)
+            sub = self._layers_pass(sub, stats1, stats2, aux1, aux2, specs, needs,
+                                    slice(a0, a1), slice(c0, c1))
+            ri, ci = _union(sub.near, sub.nngp.shape[1], a0 - c0 if same else None)
+            if ri.numel():
+                pts = self._points(x1, x2, a0 + ri, c0 + ci, want_ntk, stats1, stats2)
+                pts = self._layers_pass(pts, stats1, stats2, aux1, aux2, specs, needs, a0 + ri, c0 + ci)
+                sub.nngp[ri, ci] = pts.nngp
+                if want_ntk:
+                    sub.ntk[ri, ci] = pts.ntk
             _check_finite(sub.nngp, sub.ntk, x1, x2)
             _store(out_nngp, sub.nngp, a0, a1, c0, c1)
             if want_ntk:
@@ -298,10 +352,11 @@ class Serial(Layer):
         finally:
             if pool is not None:
                 pool.shutdown()
-        if same:
-            _mirror_upper(out_nngp, rows)
+        if same:  # exactly symmetric by construction, whatever the BLAS did on the diagonal tiles,
+            # and the diagonal is the self pass's (each input with itself: theta = 0 exactly)
+            mirror_upper(out_nngp).diagonal().copy_(diag_nngp)
             if want_ntk:
-                _mirror_upper(out_ntk, rows)
+                mirror_upper(out_ntk).diagonal().copy_(diag_ntk)
         return _select(out_nngp, out_ntk, want_nngp, want_ntk, as_tuple)
 
 
@@ -311,32 +366,43 @@ def serial(*layers: Layer) -> Serial:
 
 
 # -- helpers ---------------------------------------------------------------------------
+def _apply(layer: Layer, st: KernelState, needs: list[bool], i: int) -> KernelState:
+    """Apply layer ``i``, handing it the pair distance only when it or a later layer uses it."""
+    if not (needs[i] and layer.maps_dist):
+        st.dist = None
+    st.keep_dist = needs[i + 1] and st.near is None
+    st = layer.apply(st)
+    if not needs[i + 1]:
+        st.dist = None
+    return st
+
+
 def _store(out, tile, r0, r1, c0, c1):
     view = out[r0:r1, c0:c1]
     if tile.data_ptr() != view.data_ptr():
         view.copy_(tile)
 
 
-def _rows_of(aux, a0, a1):
-    """Rows a0:a1 of a layer's precomputed per-example statistics (tensors sliced, scalars kept)."""
+def _rows_of(aux, at):
+    """Examples ``at`` (a slice or an index tensor) of a layer's precomputed per-example
+    statistics (tensors indexed, scalars kept)."""
     if aux is None:
         return None
-    return {k: (v[a0:a1] if isinstance(v, torch.Tensor) else v) for k, v in aux.items()}
+    return {k: (v[at] if isinstance(v, torch.Tensor) else v) for k, v in aux.items()}
 
 
-def _mirror_upper(out, rows):
-    """Copy the computed upper block triangle onto the lower one, one row block at a time."""
-    n = out.shape[0]
-    for r0 in range(0, n, rows):
-        r1 = min(r0 + rows, n)
-        out[r1:, r0:r1].copy_(out[r0:r1, r1:].T)
-
-
-def _example_ids(x1, x2):
-    """Integer ids such that examples of x1 and x2 share an id exactly when they are identical."""
-    rows = torch.cat([x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)])
-    _, inv = torch.unique(rows, dim=0, return_inverse=True)
-    return inv[: x1.shape[0]], inv[x1.shape[0] :]
+def _union(near: list | None, cols: int, diagonal: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct (row, column) entries of a list of index tuples into a ``(rows, cols)`` tile,
+    leaving out those with ``row + diagonal == column`` (an input with itself) when ``diagonal``
+    is given."""
+    if not near:
+        return torch.zeros(0, dtype=torch.long), None
+    rows, cols_ = torch.cat([r for r, _ in near]), torch.cat([c for _, c in near])
+    if diagonal is not None:
+        keep = rows + diagonal != cols_
+        rows, cols_ = rows[keep], cols_[keep]
+    flat = torch.unique(rows * cols + cols_)
+    return flat // cols, flat % cols
 
 
 def _check_finite(nngp, ntk, x1, x2):
@@ -348,15 +414,6 @@ def _check_finite(nngp, ntk, x1, x2):
             raise GpmarginError(
                 f"the {name} overflowed to a non-finite value (largest |input| is {big:.3g}); rescale the inputs"
             )
-
-
-def _self_pairs(r0, r1, c0, c1, device):
-    """Local indices of the entries (i, i) of the tile rows r0:r1, columns c0:c1."""
-    lo, hi = max(r0, c0), min(r1, c1)
-    if lo >= hi:
-        return None
-    i = torch.arange(lo, hi, device=device)
-    return (i - r0, i - c0)
 
 
 def _select(nngp, ntk, want_nngp, want_ntk, as_tuple):
@@ -393,8 +450,10 @@ def _tile_shape(n1, n2, spatial, layout, batch_size, max_memory):
 
 
 def _progress(items, progress, desc):
+    """``items``, wrapped in a tqdm bar when ``progress`` is True, or when it is None, there are
+    more than 8 tiles and stderr is a terminal (a library call is quiet in a script or log)."""
     items = list(items)
-    show = progress if progress is not None else len(items) > 8
+    show = progress if progress is not None else (len(items) > 8 and sys.stderr is not None and sys.stderr.isatty())
     if not show:
         return items
     from tqdm.auto import tqdm

@@ -111,11 +111,11 @@ class NetworkKernel(Kernel):
         return False
 
     def __eq__(self, other) -> bool:
-        """Same class, ``get``, ``input_shape``, ``device`` and the same network (equal ``repr``:
-        gpmargin layers print every argument)."""
+        """Same class, ``get``, ``input_shape``, ``device`` and an equal network (gpmargin layers
+        compare by their arguments)."""
         if type(self) is not type(other):
             return False
-        same_kernel = self.kernel is other.kernel or repr(self.kernel) == repr(other.kernel)
+        same_kernel = self.kernel is other.kernel or self.kernel == other.kernel
         shapes = (None if s is None else tuple(s) for s in (self.input_shape, other.input_shape))
         return same_kernel and self.get == other.get and self.device == other.device and len(set(shapes)) == 1
 

@@ -12,6 +12,16 @@ Three spatial layouts are used (``S`` below is the spatial part of a tensor's sh
 A *pair* state holds the kernel between two sets of inputs, batch shape ``(N1, N2)``; a *self*
 state holds each input against itself, batch shape ``(N,)`` (used for ``diag`` and for the
 per-example variances that the activations need).
+
+Pairs of inputs whose pre-activations nearly coincide (distinct images with identical receptive
+fields, duplicated examples, correlations driven towards 1 by biases or depth) are where
+``cos theta = Sigma / sqrt(v1 v2)`` loses its accuracy: it rounds to ``1 - eps`` and an arc-cosine
+turns ``eps`` into ``theta ~ sqrt(2 eps) ~ 1e-8``.  So besides ``Sigma`` a state carries the
+*distance* ``dist = E[(u - u')^2] = v1 + v2 - 2 Sigma`` of every pair it holds, computed from the
+inputs as ``|x - x'|^2 / d`` (never by that subtraction) and mapped exactly by every layer (linear
+layers scale and average it; activations have their own well-conditioned formula), so that
+``1 - cos theta = (dist - (sqrt v1 - sqrt v2)^2) / (2 sqrt(v1 v2))`` keeps its relative accuracy
+however small it is.
 """
 
 from __future__ import annotations
@@ -58,8 +68,17 @@ class KernelState:
     spec      : shape of one example's features entering the current layer (set by the driver).
     aux1, aux2: per-example quantities a layer precomputed once from the statistics
                 (``Layer.precompute``), restricted to the current rows / columns.
-    self_pairs: for a pair state of an input set against itself, the (row, column) indices of the
-                entries pairing an example with itself (their correlation is exactly 1).
+    dist      : ``E[(u - u')^2]`` of every entry (same shape as ``nngp``), or ``None`` when no
+                later layer needs it (see the module docstring); never stored for a state of
+                exact diagonal entries, where it is 0.
+    keep_dist : set by the driver: whether the layer being applied must map ``dist`` on (a
+                later layer needs it); a layer that cannot map it sets ``dist = None``.
+    points    : a list of individual pairs (batch ``(K,)``, ``var1[k]`` and ``var2[k]`` their two
+                members): how the driver recomputes the few nearly coinciding pairs of a vector
+                tile with their distance (see ``near``).
+    near      : for a vector pair state carrying no distance, a list into which a layer that
+                needs one appends the index tuples of the entries it finds nearly coinciding;
+                the driver recomputes those pairs as ``points``.
     """
 
     nngp: torch.Tensor
@@ -71,13 +90,18 @@ class KernelState:
     layout: str
     pair: bool
     spec: Spec | None = None
-    self_pairs: tuple | None = None
+    dist: torch.Tensor | None = None
+    keep_dist: bool = False
+    points: bool = False
+    near: list | None = None
     aux1: dict | None = None
     aux2: dict | None = None
 
     # -- broadcasting of per-example statistics onto the layout of ``nngp`` ---------------
     def bcast1(self, a: torch.Tensor) -> torch.Tensor:
         """Statistic of the first member of each pair, broadcastable to ``nngp``."""
+        if self.points:
+            return a
         if self.layout == "vector":
             return a[:, None] if self.pair else a
         if self.layout == "diag":
@@ -87,6 +111,8 @@ class KernelState:
 
     def bcast2(self, a: torch.Tensor) -> torch.Tensor:
         """Statistic of the second member of each pair, broadcastable to ``nngp``."""
+        if self.points:
+            return a
         if self.layout == "vector":
             return a[None, :] if self.pair else a
         if self.layout == "diag":
@@ -94,10 +120,16 @@ class KernelState:
         a = a[:, None, None, :, :]
         return a[None, :] if self.pair else a
 
+    def naive_dist(self) -> torch.Tensor:
+        """``v1 + v2 - 2 Sigma`` (>= 0): the fallback after a layer that cannot map ``dist``
+        (accurate unless the two outputs nearly coincide)."""
+        d = self.nngp.mul(-2.0).add_(self.bcast1(self.var1)).add_(self.bcast2(self.var2))
+        return d.clamp_(min=0.0)
+
     @property
     def is_exact_diagonal(self) -> bool:
         """True when every entry of ``nngp`` is an input paired with itself at the same position."""
-        return not self.pair and self.layout != "full"
+        return not self.pair and not self.points and self.layout != "full"
 
 
 def spatial_diagonal(nngp: torch.Tensor, layout: str) -> torch.Tensor:

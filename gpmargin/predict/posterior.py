@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.linalg import safe_cholesky
+from gpmargin.linalg import mirror_upper, safe_cholesky
 from gpmargin.predict.inputs import KINDS, as_tensor, check_kernel, check_kind, check_learning_rate, check_time
 
 __all__ = [
@@ -194,6 +194,7 @@ def train_kernel(kernel, x: torch.Tensor, kind, *, progress: bool = False, block
         for K in out if multi else (out,):
             if K.shape != (n, n):
                 raise GpmarginError(f"kernel returned shape {tuple(K.shape)} for {n} training inputs")
+            mirror_upper(K)  # exactly symmetric whatever kernel object computed it
         return out
     nb = -(-n // block)
     edges = [round(i * n / nb) for i in range(nb + 1)]
@@ -218,6 +219,8 @@ def train_kernel(kernel, x: torch.Tensor, kind, *, progress: bool = False, block
                     K[a:b, c:d] = blk
                     if i != j:
                         K[c:d, a:b] = blk.T
+                    else:
+                        mirror_upper(K[a:b, a:b])
                 if bar is not None:
                     bar.update(1)
     finally:
