@@ -10,6 +10,12 @@ Computation of ``k(x1, x2)``:
    working in place.  When a tile spans whole rows of a dense network's output it is computed
    directly inside the output matrices, so peak memory is the output plus a few tile-sized
    scratch buffers (bounded by ``max_memory``).
+3. *Nearly coinciding pairs* (see :mod:`gpmargin.kernels.state`): image tiles carry the pair
+   distance through every layer; vector tiles do not (a dense network keeps it exact entry by
+   entry), but each arc-cosine layer records the entries within ``NEAR_ONE`` of correlation 1,
+   and those pairs are recomputed individually with their distance.  For one input set the
+   upper triangle is mirrored onto the lower one and the diagonal is the self pass's, so the
+   matrix is exactly symmetric and ``torch.diagonal(k(x)) == k.diag(x)`` bit for bit.
 """
 
 from __future__ import annotations
