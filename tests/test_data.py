@@ -387,6 +387,7 @@ def test_make_task_mnist_parity_carved(mnist_test, monkeypatch):
     # the carve reproduces split() on the raw test split, and is seed dependent
     x, y = mnist_test
     ref_tr, ref_ytr, ref_te, _ = gd.split(x, gd.parity_labels(y), 1000, 9000, seed=0)
+    # exact: make_task runs the same split and the same preprocess call on the same rows
     assert torch.equal(td.y_train, ref_ytr) and torch.equal(td.x_train, gd.preprocess(ref_tr, "mnist"))
     assert torch.equal(td.x_test, gd.preprocess(ref_te, "mnist"))
     with pytest.warns(gd.DataSubstitutionWarning):

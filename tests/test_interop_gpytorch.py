@@ -74,17 +74,18 @@ def test_values_equal_the_kernel_object(digits_x, cls, get):
     x, z = digits_x
     net = relu_net()
     kern = cls(net).double()
-    # exact: the adapter calls the same float64 kernel code
+    # exact: the adapter makes the same float64 kernel call on the same rows (views of x and z)
     assert torch.equal(kern(x, z).to_dense(), net(x, z, get=get))
     assert torch.equal(kern(x).to_dense(), net(x, get=get))
     assert torch.equal(kern(x, diag=True), net.diag(x, get=get))
-    # a kernel with batch_shape (10,) on shared inputs: one computation broadcast to the batch
+    # a kernel with batch_shape (10,) on shared inputs: one computation broadcast to the batch (exact)
     out = cls(net, batch_shape=[10]).double().forward(x, z)
     assert out.shape == (10, 40, 10) and out.stride(0) == 0 and torch.equal(out[3], net(x, z, get=get))
-    # active_dims selects input columns before the kernel
+    # active_dims selects input columns before the kernel (exact: the same call on a copy of x[:, cols])
     cols = [0, 5, 9, 20, 33, 63]
     assert torch.equal(cls(net, active_dims=cols).double()(x).to_dense(), net(x[:, cols], get=get))
-    # the deprecated last_dim_is_batch: one kernel per feature, each on 1-D inputs
+    # the deprecated last_dim_is_batch: one kernel per feature, each on 1-D inputs (exact: the same
+    # call on the same (7, 1) and (5, 1) column views)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         per_dim = kern(x[:7, :3], z[:5, :3], last_dim_is_batch=True).to_dense()
@@ -102,7 +103,7 @@ def test_dtype_and_device_follow_gpytorch_rules(digits_x):
     assert k32(x.float()).to_dense().dtype == torch.promote_types(torch.float32, k32.dtype)
     k64 = k32.double()
     assert k64.dtype == torch.float64 and k64(x.float()).to_dense().dtype == torch.float64
-    # float32 output is the float64 kernel rounded once
+    # float32 output is the float64 kernel rounded once (exact: the same float64 call, then one rounding)
     ref = relu_net()(x.float().double())
     assert torch.equal(NNGPKernel(relu_net()).float()(x.float()).to_dense(), ref.float())
     # the buffer carrying dtype/device is not part of a model's saved state
@@ -128,6 +129,7 @@ def test_conv_kernel_via_input_shape():
     net = gk.serial(gk.Conv2d(3, padding="same", W_std=1.4, b_std=0.1), gk.Relu(), gk.Flatten(), gk.Dense(1.1, 0.2))
     kern = NTKKernel(net, input_shape=(1, 8, 8)).double()
     flat = t.x_train.reshape(12, 64)
+    # exact: the rows are reshaped back to the same (12, 1, 8, 8) images, the same call
     assert torch.equal(kern(flat).to_dense(), net(t.x_train, get="ntk"))
 
 

@@ -107,7 +107,7 @@ def test_no_nan_on_degenerate_inputs():
         assert torch.isfinite(nngp).all() and torch.isfinite(ntk).all()
     _raises("overflowed", gk.paper_mlp(3), x * 1e160, get="ntk")
     nngp = gk.paper_mlp(3)(x)
-    assert nngp[0].abs().max() == 0  # the zero input has zero covariance with everything
+    assert nngp[0].abs().max() == 0  # the zero input has zero covariance with everything (exact: 0 * x)
     assert torch.isclose(nngp[1, 2], nngp[1, 1], rtol=1e-14)
 
 
@@ -236,7 +236,7 @@ def test_constrained_cnn_is_a_serial_of_centred_layers(imgs):
     by_hand = gk.serial(gk.Centred(gk.Conv2d(5)), gk.Relu(), gk.Centred(gk.Conv2d(5)), gk.Relu(), gk.Flatten(),
                         gk.Centred(gk.Dense()), gk.Relu(), gk.Centred(gk.Dense()))
     a, b = k(imgs), by_hand(imgs)
-    assert torch.equal(a, b)
+    assert torch.equal(a, b)  # exact: the same layers (equal repr), so the same computation
     assert torch.linalg.eigvalsh(a).min() > -1e-12 * a.abs().max()
     assert torch.allclose(k.diag(imgs), a.diagonal(), rtol=1e-12, atol=0)
     # centring lowers the variance below the Gaussian kernel's

@@ -287,6 +287,7 @@ def test_test_points_equal_to_training_points_have_zero_std(small, kernel):
     ytest = torch.cat([ytr[:20], yte[:50]])
     for ytr_, yte_ in ((_parity(ytr), _parity(ytest)), (ytr, ytest)):
         c = margin_curve(kernel, xtr, ytr_, xtest, yte_, MARGINS)
+        # exact zeros: variances below the round-off floor n * eps * k(x, x) are set to 0
         assert np.all(c.std[:20] == 0.0) and np.all(c.std[20:] > 0)
         np.testing.assert_allclose(c.per_example[:, :, :20], 1.0, atol=1e-9)  # interpolated exactly
 
@@ -381,6 +382,7 @@ def test_files_and_plot(binary_curve, tmp_path):
     assert len(rows) == len(c.ensemble) * len(c.margins)
     assert {"margin", "ensemble", "accuracy"} <= set(rows[0])
     r = rows[len(c.margins) + 2]
+    # exact round trips: the CSV holds repr(float), the JSON the shortest repr too
     assert int(r["ensemble"]) == c.ensemble[1] and float(r["accuracy"]) == c.accuracy[1, 2]
     c.to_json(tmp_path / "c.json", per_example=True, extra_key={"a": 1})
     d = json.loads((tmp_path / "c.json").read_text())

@@ -62,6 +62,7 @@ def test_long_time_is_infinite_time_and_short_time_is_the_prior(data, kernel):
     # eigendecomposition against Cholesky of a 120 x 120 NTK (condition ~1e2): round-off ~1e-13
     torch.testing.assert_close(late.mean, inf.mean, rtol=0, atol=1e-9)
     torch.testing.assert_close(late.cov, inf.cov, rtol=0, atol=1e-9)
+    # exact: at infinite time the training outputs are set to Y with zero variance (no solve)
     assert torch.equal(inf.train.mean, ytr) and float(inf.train.std.abs().max()) == 0.0
     # t -> 0: outputs are the network at initialisation, N(0, K_**); the mean grows like s Theta_*X Y
     s = 1e-9

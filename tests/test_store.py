@@ -279,7 +279,9 @@ def test_dask_local_cluster_gives_the_same_store(tmp_path, task, kernel):
     assert len(hosts) == 2
     for kind in ("nngp", "ntk"):
         scale = np.abs(local.train(kind)).max()
-        # same per-tile computation; only torch's thread count differs (1 per worker): 1e-13 relative
+        # the same per-tile calls, but in other processes whose torch/BLAS thread count is Dask's
+        # (OMP_NUM_THREADS=1 from the nanny by default), not fixed by the store; a different count
+        # moves a length-784 reduction by a few ulps x sqrt(784) ~ 1e-14 relative: checked at 1e-13
         assert np.abs(dist.train(kind) - local.train(kind)).max() <= 1e-13 * scale
         assert np.abs(dist.cross_rows(kind, 0, 150) - local.cross_rows(kind, 0, 150)).max() <= 1e-13 * scale
-        assert np.array_equal(dist.test_diag(kind), local.test_diag(kind))
+        assert np.abs(dist.test_diag(kind) - local.test_diag(kind)).max() <= 1e-13 * scale

@@ -188,7 +188,7 @@ def test_paper_cnn_depth_is_the_cli_depth(mnist_test):
     ref = paper_cnn(depth=4)(x)
     with pytest.warns(DeprecationWarning, match="depth=d \\+ 2"):
         old = paper_cnn(dense_layers=2)(x)
-    assert torch.equal(ref, old) and torch.equal(paper_cnn()(x), ref)
+    assert torch.equal(ref, old) and torch.equal(paper_cnn()(x), ref)  # exact: the same layers, the same call
     assert paper_cnn(depth=3)(x).shape == (6, 6)
     with pytest.raises(GpmarginError, match="paper_cnn depth=2 must be an integer >= 3"):
         paper_cnn(depth=2)

@@ -182,7 +182,7 @@ class ABRelu(Activation):
         if st.aux1 is None or st.aux2 is None:
             st.aux1, st.aux2 = self.precompute(st.var1, None), self.precompute(st.var2, None)
         record = st.dist is None and st.near is not None  # the driver recomputes near pairs
-        dist = None if record else (st.dist if st.dist is not None else st.naive_dist())
+        dist = None if record else st.pair_dist()
         _scale(k, st, "rsqrt")
         k.clamp_(-1.0, 1.0)  # cos(theta)
         same = None
@@ -222,7 +222,9 @@ class ABRelu(Activation):
         one = k.new_ones(())
         dot = torch.arccos(k)
         torch.add(one * g, dot, alpha=-f, out=dot)  # g - f theta = E[phi'(u) phi'(u')]
-        fsin = torch.addcmul(one * f**2, k, k, value=-(f**2)).sqrt_()  # f sin(theta); |cos| <= 1
+        # f sin(theta) = f sqrt((1 - cos)(1 + cos)): each factor is exact where it is small
+        # (Sterbenz), so sin keeps its relative accuracy at cos = +-1, like the arc-cosine
+        fsin = torch.sub(one, k).mul_(torch.add(k, one)).sqrt_().mul_(f)
         if st.ntk is not None:
             st.ntk.mul_(dot)
         torch.addcmul(fsin, dot, k, out=k)  # f sin + (g - f theta) cos
@@ -312,7 +314,7 @@ class Erf(Activation):
         k = st.nngp
         near = None
         if st.keep_dist:
-            dist = st.dist if st.dist is not None else st.naive_dist()
+            dist = st.pair_dist()
             # pairs this close need the well-conditioned distance; elsewhere the subtraction
             # v1' + v2' - 2 Sigma' loses at most a factor 1e4 of its relative accuracy
             same = dist == 0  # identical pre-activations: identical outputs

@@ -44,11 +44,30 @@ See ``docs/constrained_kernel.md`` for the derivation and the Monte-Carlo check.
 
 from __future__ import annotations
 
+import torch
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.base import Layer
+from gpmargin.kernels.conv import Conv2d
 from gpmargin.kernels.dense import Affine
 from gpmargin.kernels.state import KernelState, Spec
+
+
+def _tree_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum over ``dim`` as a pairwise tree of elementwise additions: the same operations, in the
+    same order, for every entry, whatever the shape of ``t`` (so identical rows give identical
+    sums by construction)."""
+    t = t.movedim(dim, 0)
+    while t.shape[0] > 1:
+        half = t.shape[0] // 2
+        s = t[:half] + t[half : 2 * half]
+        t = torch.cat([s, t[2 * half :]]) if t.shape[0] % 2 else s
+    return t[0]
+
+
+def centre_features(x: torch.Tensor) -> torch.Tensor:
+    """``x - mean(x)`` over the features (dim 1) of each example."""
+    return x - (_tree_sum(x, 1) / x.shape[1]).unsqueeze(1)
 
 
 class Centred(Layer):
@@ -66,6 +85,24 @@ class Centred(Layer):
 
     def __repr__(self) -> str:
         return f"Centred({self.layer!r})"
+
+    def input_map(self):
+        r"""``(fn, layer)``: for this layer fed by the network inputs, ``layer`` applied to ``fn(x)``
+        has the same kernel, computed from centred values.
+
+        ``fn`` centres the inputs of every weight row (the feature vector for ``Dense``; each
+        patch, then a 1x1 convolution, for ``Conv2d``), so the covariance is
+        :math:`\frac{1}{n-1}\sum_m (x_m - \bar x)(x'_m - \bar x')` instead of the difference
+        :math:`\frac{n}{n-1}(\mathcal A[\Sigma] - \mathcal A[\mu]\mathcal A[\mu'])`, whose
+        cancellation leaves ``~eps`` on a constant patch (the background of an image), which the
+        next activation's mean :math:`\propto\sqrt{v}` would turn into ``~sqrt(eps)``."""
+        inner = self.layer
+        if isinstance(inner, Conv2d):
+            def centred_patches(x):
+                return centre_features(inner.patches(x))
+
+            return centred_patches, Centred(Conv2d(1, 1, "valid", inner.W_std, inner.b_std))
+        return centre_features, self
 
     def ntk_unsupported_reason(self) -> str:
         return (

@@ -103,6 +103,18 @@ class Conv2d(Affine):
 
     module_class = ConvModule
 
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, C k_h k_w, H_out, W_out)``: the inputs of a weight row at every
+        output position (zero padding included), channel-major like the weights."""
+        n, c, h, w = x.shape
+        (oh, ow), (pt, pb), (pl, pr) = self._pads(h, w)
+        if pt or pb or pl or pr:
+            x = F.pad(x, (pl, pr, pt, pb))
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        shifted = [x[:, :, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw]
+                   for a in range(kh) for b in range(kw)]
+        return torch.stack(shifted, dim=2).reshape(n, c * kh * kw, oh, ow)
+
     # -- the filter average -------------------------------------------------------------
     def pool_field(self, a: torch.Tensor) -> torch.Tensor:
         """Filter average over the last two (spatial) dims of ``a``: one position per output."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from gpmargin.kernels.base import Layer
 from gpmargin.kernels.finite import Flow, LayerModule
 from gpmargin.kernels.state import KernelState, Spec
@@ -73,13 +75,17 @@ class GlobalAvgPool(Layer):
 
     :math:`\Sigma_{out} = \frac{1}{(HW)^2}\sum_{p,p'} \Sigma_{p,p'}` (likewise for the NTK); it
     reads pairs of distinct positions, so networks containing it keep the full
-    position-position covariance (memory ``(HW)^2`` per pair of examples).  The distance of the
-    pooled features is not a function of the carried position-pair distances, so a later
-    activation starts again from ``v1 + v2 - 2 Sigma`` (accurate unless the pooled features of
-    two inputs nearly coincide).
+    position-position covariance (memory ``(HW)^2`` per pair of examples).
+
+    The distance of the pooled features is not a function of the carried position-pair
+    distances, except where those vanish at every position (identical features, as for a
+    duplicated image): it is exactly 0 there and not carried (NaN) elsewhere, so a later
+    activation computes it as ``v1 + v2 - 2 Sigma`` -- accurate to ``eps / theta`` in the
+    angle, i.e. unless the pooled features of two distinct inputs nearly coincide.
     """
 
     needs_full_spatial = True
+    maps_dist = True
 
     def out_spec(self, spec: Spec) -> Spec:
         if spec.kind != "image":
@@ -90,6 +96,11 @@ class GlobalAvgPool(Layer):
         st.nngp = _trailing_mean(st.nngp, 4)
         if st.ntk is not None:
             st.ntk = _trailing_mean(st.ntk, 4)
+        if st.dist is not None:
+            d = st.dist
+            same_position = d.reshape(*d.shape[:-4], d.shape[-4] * d.shape[-3], -1).diagonal(dim1=-2, dim2=-1)
+            coincide = (same_position == 0).all(-1)
+            st.dist = torch.where(coincide, 0.0, torch.nan).to(d.dtype)
         st.layout = "vector"
         return st
 

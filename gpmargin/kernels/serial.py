@@ -29,6 +29,7 @@ import torch
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.base import Layer, as_input, input_spec, parse_get
+from gpmargin.kernels.constrained import Centred
 from gpmargin.kernels.state import KernelState, Spec, spatial_diagonal
 from gpmargin.linalg import mirror_upper
 
@@ -281,13 +282,37 @@ class Serial(Layer):
     def diag(self, x, get="nngp", *, max_memory=None, progress=None, batch_size=None):
         """The 1-D diagonal ``k(x_i, x_i)``, computed without forming the matrix."""
         x, _, _, want_nngp, want_ntk, as_tuple, plan = self._prepare(x, None, get)
+        engine, xin, _, plan = self._computed_as(x, x, True, plan)
         max_memory = _memory(max_memory, batch_size, plan[1])
-        _, nngp, ntk = self._self_pass(x, plan, want_ntk, max_memory, progress)
+        _, nngp, ntk = engine._self_pass(xin, plan, want_ntk, max_memory, progress)
         _check_finite(nngp, ntk, x, x)
         return _select(nngp, ntk, want_nngp, want_ntk, as_tuple)
 
+    def _computed_as(self, x1, x2, same, plan):
+        """``(engine, x1', x2', plan')``: the serial that computes this kernel and the inputs it
+        takes.  A first ``Centred`` layer is computed from centred inputs (see
+        :meth:`~gpmargin.kernels.Centred.input_map`); image patches are formed tile by tile."""
+        first = self.layers[0]
+        if not isinstance(first, Centred):
+            return self, x1, x2, plan
+        fn, layer = first.input_map()
+        engine = Serial((layer,) + self.layers[1:])
+        if x1.dim() == 2:
+            m1 = fn(x1)
+            m2 = m1 if same else fn(x2)
+        else:
+            m1 = _Mapped(x1, fn)
+            m2 = m1 if same else _Mapped(x2, fn)
+        return engine, m1, m2, engine._plan(input_spec(m1[:1]))
+
     def __call__(self, x1, x2=None, get="nngp", *, batch_size=None, max_memory=None, progress=None):
         x1, x2, same, want_nngp, want_ntk, as_tuple, plan = self._prepare(x1, x2, get)
+        engine, xin1, xin2, plan = self._computed_as(x1, x2, same, plan)
+        nngp, ntk = engine._pairs(xin1, xin2, same, want_ntk, plan, batch_size, max_memory, progress, (x1, x2))
+        return _select(nngp, ntk, want_nngp, want_ntk, as_tuple)
+
+    def _pairs(self, x1, x2, same, want_ntk, plan, batch_size, max_memory, progress, originals):
+        """The ``(N1, N2)`` NNGP and NTK (or None) of inputs already prepared for this serial."""
         layout, spatial, specs = plan
         mem = _memory(max_memory, batch_size, spatial)
         stats1, diag_nngp, diag_ntk = self._self_pass(x1, plan, want_ntk, mem, False)
@@ -333,7 +358,7 @@ class Serial(Layer):
                 sub.nngp[ri, ci] = pts.nngp
                 if want_ntk:
                     sub.ntk[ri, ci] = pts.ntk
-            _check_finite(sub.nngp, sub.ntk, x1, x2)
+            _check_finite(sub.nngp, sub.ntk, *originals)
             _store(out_nngp, sub.nngp, a0, a1, c0, c1)
             if want_ntk:
                 _store(out_ntk, sub.ntk, a0, a1, c0, c1)
@@ -363,7 +388,20 @@ class Serial(Layer):
             mirror_upper(out_nngp).diagonal().copy_(diag_nngp)
             if want_ntk:
                 mirror_upper(out_ntk).diagonal().copy_(diag_ntk)
-        return _select(out_nngp, out_ntk, want_nngp, want_ntk, as_tuple)
+        return out_nngp, out_ntk
+
+
+class _Mapped:
+    """Inputs seen through a map applied to the examples a slice selects (the centred patches
+    of a first ``Centred(Conv2d)``, formed tile by tile rather than all at once)."""
+
+    def __init__(self, x: torch.Tensor, fn):
+        self.x, self.fn = x, fn
+        self.shape = (x.shape[0],)
+        self.device = x.device
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        return self.fn(self.x[rows])
 
 
 def serial(*layers: Layer) -> Serial:

@@ -70,7 +70,8 @@ class KernelState:
                 (``Layer.precompute``), restricted to the current rows / columns.
     dist      : ``E[(u - u')^2]`` of every entry (same shape as ``nngp``), or ``None`` when no
                 later layer needs it (see the module docstring); never stored for a state of
-                exact diagonal entries, where it is 0.
+                exact diagonal entries, where it is 0.  An entry may be NaN, "not carried"
+                (after ``GlobalAvgPool``): ``pair_dist()`` fills it from ``v1 + v2 - 2 Sigma``.
     keep_dist : set by the driver: whether the layer being applied must map ``dist`` on (a
                 later layer needs it); a layer that cannot map it sets ``dist = None``.
     points    : a list of individual pairs (batch ``(K,)``, ``var1[k]`` and ``var2[k]`` their two
@@ -125,6 +126,16 @@ class KernelState:
         (accurate unless the two outputs nearly coincide)."""
         d = self.nngp.mul(-2.0).add_(self.bcast1(self.var1)).add_(self.bcast2(self.var2))
         return d.clamp_(min=0.0)
+
+    def pair_dist(self) -> torch.Tensor:
+        """The pair distance an activation works with: the carried ``dist``, its entries that
+        were not carried (NaN) filled from :meth:`naive_dist`; all of it naive without one."""
+        if self.dist is None:
+            return self.naive_dist()
+        unknown = self.dist.isnan()
+        if bool(unknown.any()):
+            self.dist = torch.where(unknown, self.naive_dist(), self.dist)
+        return self.dist
 
     @property
     def is_exact_diagonal(self) -> bool:
