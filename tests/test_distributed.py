@@ -20,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpmargin.distributed import Execution, UnitRunner
@@ -255,3 +256,29 @@ def test_worker_without_the_package_is_refused(cluster, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+KERNEL_CLI = ["kernel", "--dataset", "mnist", "--task", "parity", "--n-train", "200", "--n-test", "80", "--tile", "64",
+              "--threads", "1", "--no-progress"]
+
+
+def test_kernel_cli_on_dask_workers_and_a_scheduler(cluster, mnist_test, tmp_path):
+    """`gpmargin kernel --workers 1` (its own local cluster) and `--scheduler ADDRESS` (the
+    module's live cluster) give the store of the in-process run."""
+    from gpmargin.cli import main
+    from gpmargin.distributed import open_store
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*KERNEL_CLI, "--out", str(tmp_path / "here")]) == 0
+        assert main([*KERNEL_CLI, "--workers", "1", "--out", str(tmp_path / "workers")]) == 0
+        assert main([*KERNEL_CLI, "--scheduler", cluster.scheduler_address, "--out", str(tmp_path / "sched")]) == 0
+    here = open_store(tmp_path / "here")
+    for name in ("workers", "sched"):
+        other = open_store(tmp_path / name)
+        assert len(list((tmp_path / name / "done").iterdir())) == len(here.kernel_tasks())
+        # the same per-tile calls with one torch thread, in other processes: ~1e-15 relative, checked at 1e-13
+        scale = np.abs(here.train("nngp")).max()
+        assert np.abs(other.train("nngp") - here.train("nngp")).max() <= 1e-13 * scale
+        assert np.abs(other.cross_rows("nngp", 0, 80) - here.cross_rows("nngp", 0, 80)).max() <= 1e-13 * scale
+        assert np.abs(other.test_diag("nngp") - here.test_diag("nngp")).max() <= 1e-13 * scale

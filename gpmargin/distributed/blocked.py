@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import numpy as np
 import torch
 
-from gpmargin.distributed.store import KernelStore, NO_SPACE, no_space_error, open_store
+from gpmargin.distributed.store import DamagedStore, KernelStore, NO_SPACE, no_space_error, open_store
 from gpmargin.errors import GpmarginError
 from gpmargin.linalg import (
     MAX_REL_JITTER,
@@ -52,7 +53,8 @@ from gpmargin.linalg import (
     warn_jitter,
 )
 
-__all__ = ["blocked_cholesky", "blocked_solve", "stored_posterior", "discard_factor", "panel_tiles", "DEFAULT_MEMORY"]
+__all__ = ["blocked_cholesky", "blocked_solve", "stored_posterior", "discard_factor", "verify_factor", "panel_tiles",
+           "DEFAULT_MEMORY"]
 
 #: Working memory of the blocked solves (bytes) unless told otherwise.
 DEFAULT_MEMORY = 8 * 2**30
@@ -97,6 +99,28 @@ def discard_factor(store, kind: str = "nngp") -> None:
     _state_path(ks, kind).unlink(missing_ok=True)
     for marker in (ks.path / "done").glob(f"factor-{kind}-*"):
         marker.unlink()
+
+
+def verify_factor(store, kind: str = "nngp") -> DamagedStore | None:
+    """Re-read every tile of the finished panels of the stored factor of ``kind`` (existence and
+    checksums); when one is missing or damaged, discard the factor and return the error (the
+    next solve factorises again), else return None."""
+    ks = store if isinstance(store, KernelStore) else KernelStore.open(store)
+    state = _read_state(ks, kind)
+    if state is None:
+        return None
+    n, (nb, _) = ks.n_train, ks.tiles
+    pt = int(state.get("panel_tiles", 1))
+    try:
+        for P, j0 in enumerate(range(0, nb, pt)):
+            if ks.is_done(("factor", kind, P)):
+                for j in range(j0, min(nb, j0 + pt)):  # tile column j: its tiles (i >= j, j)
+                    c0, c1 = ks.bounds(j, n)
+                    ks.read(kind, "factor", (slice(c0, n), slice(c0, c1)))
+    except DamagedStore as exc:
+        discard_factor(ks, kind)
+        return exc
+    return None
 
 
 def _ensure_factor_array(store: KernelStore, kind: str) -> None:
@@ -274,13 +298,34 @@ def stored_posterior(store, x_train, x_test, targets, *, kind: str = "nngp", ker
     ks = store if isinstance(store, KernelStore) else open_store(store)
     ks.check_inputs(x_train, x_test, kernel=kernel, kind=kind)
     dev = torch.device(device or "cpu")
-    n, m = ks.n_train, ks.n_test
-    t0 = time.perf_counter()
-    jitter = blocked_cholesky(ks, kind, memory=memory, progress=progress, device=dev)
-    t1 = time.perf_counter()
+    n = ks.n_train
     Y = targets.reshape(n, -1).to(dev, torch.float64)
-    C = Y.shape[1]
     kss = torch.from_numpy(ks.test_diag(kind)).to(dev)
+    for attempt in (1, 2):
+        try:
+            t0 = time.perf_counter()
+            jitter = blocked_cholesky(ks, kind, memory=memory, progress=progress, device=dev)
+            t1 = time.perf_counter()
+            mean, var = _solve_test_points(ks, kind, Y, kss, memory, progress)
+            break
+        except DamagedStore as exc:
+            if exc.name != "factor" or attempt == 2:
+                raise
+            discard_factor(ks, kind)  # derived data: factorise again from the (checked) kernel tiles
+            warnings.warn(f"kernel store {ks.path}: chunk {'/'.join(map(str, exc.index))} of the stored "
+                          f"{kind} factor was damaged; discarded the factor and factorised again",
+                          RuntimeWarning, stacklevel=2)
+    mean = mean[:, 0] if targets.ndim == 1 else mean
+    var = _floor_variance(var, kss, n)
+    timings = {"cholesky": t1 - t0, "solve": time.perf_counter() - t1}
+    return Posterior(mean, var.sqrt(), jitter, kind, timings)
+
+
+def _solve_test_points(ks: KernelStore, kind: str, Y: torch.Tensor, kss: torch.Tensor, memory: int,
+                       progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means ``(m, C)`` and unfloored variances ``(m,)`` of the test points, in chunks of rows."""
+    n, m, dev = ks.n_train, ks.n_test, Y.device
+    C = Y.shape[1]
     rows = max(1, min(m, memory // (8 * n) - 2 * ks.tile_size - C))
     v, means, vars_ = None, [], []
     bar = None
@@ -304,8 +349,4 @@ def stored_posterior(store, x_train, x_test, targets, *, kind: str = "nngp", ker
     finally:
         if bar is not None:
             bar.close()
-    mean = torch.cat(means)
-    mean = mean[:, 0] if targets.ndim == 1 else mean
-    var = _floor_variance(torch.cat(vars_), kss, n)
-    timings = {"cholesky": t1 - t0, "solve": time.perf_counter() - t1}
-    return Posterior(mean, var.sqrt(), jitter, kind, timings)
+    return torch.cat(means), torch.cat(vars_)

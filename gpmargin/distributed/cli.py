@@ -75,11 +75,15 @@ def _run(args: argparse.Namespace) -> int:
     from gpmargin.errors import GpmarginError
     from gpmargin.predict.cli import _threads, kernel_from_args, load_task
 
+    from gpmargin.io import resolve_device
+
     t_start = time.perf_counter()
     torch.set_num_threads(_threads(args.threads))
     tile = DEFAULT_TILE if args.tile is None else args.tile
     if tile < 1:
         raise GpmarginError(f"--tile must be a positive integer, got {tile}")
+    if args.device != "auto" and not args.workers and not args.scheduler:  # tiles run here: the device must be here
+        resolve_device(args.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         task = load_task(args)

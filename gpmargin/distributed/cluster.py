@@ -233,11 +233,25 @@ def check_workers(client) -> dict[str, dict[str, Any]]:
     return probes
 
 
+def check_address(address: str) -> None:
+    """Refuse, in one line, a ``--scheduler`` that is not a Dask address (``tcp://HOST:PORT``)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(str(address))
+        if scheme != "inproc":
+            parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise GpmarginError(f"--scheduler {address!r} is not a Dask scheduler address (e.g. tcp://HOST:8786): "
+                            f"{exc}") from None
+
+
 def connect(address: str, timeout: float | None = None):
     """A client of the running scheduler at ``address`` with at least one worker, or a one-line error."""
     from distributed import Client
 
     timeout = connect_timeout() if timeout is None else float(timeout)
+    check_address(address)
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:

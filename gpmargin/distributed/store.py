@@ -15,9 +15,14 @@ crc32c checksum that Zarr verifies on each read)::
 A unit of work (a *task*: one training tile, one cross tile, one block of the test diagonal,
 one panel of the factor) writes its chunks, fsyncs them, and only then writes its marker
 atomically (temporary file + rename).  A killed run therefore leaves, at worst, chunks without
-a marker, which the next run recomputes; a chunk is never read without its marker, and a
-chunk damaged after it was marked fails its checksum (detected by :meth:`KernelStore.verify`,
-repaired by rerunning :func:`~gpmargin.distributed.tiles.compute_kernel_store`).
+a marker, which the next run recomputes; a chunk is never read without its marker.  Every read
+checks that the chunk files it spans exist (Zarr would read a deleted one as its NaN fill value)
+and Zarr checks their checksums: a chunk deleted or damaged after it was marked raises
+:class:`DamagedStore`, naming the array and the chunk.  Rerunning
+:func:`~gpmargin.distributed.tiles.compute_kernel_store` (``gpmargin kernel``) re-reads every
+marked tile (:meth:`KernelStore.verify`), recomputes the damaged ones and discards a damaged (or
+outdated) factor; :func:`~gpmargin.distributed.blocked.stored_posterior` discards a damaged
+factor and factorises again.
 
 ``<kind>`` is ``nngp`` or ``ntk``.  The store is identified by the sha256 of the float64 bytes
 of both input sets, the kernel's ``repr`` (its whole architecture), the kinds and the tile
@@ -38,7 +43,7 @@ import torch
 
 from gpmargin.errors import GpmarginError
 
-__all__ = ["KernelStore", "KINDS", "inputs_sha256", "store_config", "open_store", "FORMAT"]
+__all__ = ["KernelStore", "DamagedStore", "KINDS", "inputs_sha256", "store_config", "open_store", "FORMAT"]
 
 FORMAT = 1
 KINDS = ("nngp", "ntk")
@@ -85,6 +90,24 @@ def _differences(old: dict, new: dict) -> list[str]:
                 a, b = str(a)[:12], str(b)[:12]
             out.append(f"{key} {a!r} (this run: {b!r})")
     return out
+
+
+class DamagedStore(GpmarginError):
+    """A chunk of a kernel store that is marked done is missing or fails its checksum.
+
+    ``kind``, ``name`` (``train``, ``cross``, ``test_diag``, ``factor``) and ``index`` (the chunk's
+    tile indices) say which; the message names the remedy that repairs it."""
+
+    def __init__(self, store: "KernelStore", kind: str, name: str, index: tuple, what: str):
+        self.kind, self.name, self.index = kind, name, tuple(index)
+        chunk = "/".join(str(i) for i in self.index)
+        if name == "factor":
+            remedy = ("rerun `gpmargin predict` (it discards a damaged factor and factorises again), or call "
+                      "gpmargin.distributed.blocked.discard_factor on the store")
+        else:
+            remedy = ("rerun the `gpmargin kernel` command that made the store: it re-reads every tile and "
+                      "recomputes the damaged ones")
+        super().__init__(f"kernel store {store.path} is damaged: chunk {chunk} of {kind}/{name} {what}; {remedy}")
 
 
 def _check_folder(path: Path, *, create: bool) -> None:
@@ -279,14 +302,39 @@ class KernelStore:
             raise
 
     def read(self, kind: str, name: str, sel: tuple[slice, ...]) -> np.ndarray:
-        """Read a block; a chunk failing its checksum is a one-line error naming the store."""
+        """Read a block of marked chunks.  A chunk file that is missing (Zarr would read it as
+        its NaN fill value) or fails its checksum raises :class:`DamagedStore` naming it."""
+        arr = self.array(kind, name)
+        spans = [range(s.start // c, -(-s.stop // c)) for s, c in zip(sel, arr.chunks)]
+        chunks = list(np.ndindex(*[len(r) for r in spans]))
+        for pos in chunks:
+            index = tuple(int(r[i]) for r, i in zip(spans, pos))
+            if not self._stored(name, index):
+                continue  # the other triangle of a symmetric kernel or a factor: never written
+            if not self.chunk_path(kind, name, *index).is_file():
+                raise DamagedStore(self, kind, name, index, "is missing")
         try:
-            return self.array(kind, name)[sel]
+            return arr[sel]
         except ValueError as exc:
             if "checksum" not in str(exc):
                 raise
-            raise GpmarginError(f"kernel store {self.path}: a chunk of {kind}/{name} is corrupt ({exc}); "
-                                "rerun the `gpmargin kernel` command that made it to recompute it") from None
+        for pos in chunks:  # name the damaged chunk
+            index = tuple(int(r[i]) for r, i in zip(spans, pos))
+            try:
+                arr[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, arr.chunks))]
+            except ValueError:
+                raise DamagedStore(self, kind, name, index, "fails its checksum") from None
+        raise DamagedStore(self, kind, name, chunks[0], "fails its checksum")
+
+    @staticmethod
+    def _stored(name: str, index: tuple) -> bool:
+        """Whether the chunk ``index`` of array ``name`` is ever written: the upper tiles of the
+        training kernel, the lower ones of its factor, every chunk of the other arrays."""
+        if name == "train":
+            return index[0] <= index[1]
+        if name == "factor":
+            return index[0] >= index[1]
+        return True
 
     def tile(self, kind: str, name: str, i: int, j: int | None = None) -> np.ndarray:
         """One stored chunk: train (I, J) with I <= J, cross (I, J), test_diag (I)."""
@@ -341,7 +389,7 @@ class KernelStore:
             name = "test_diag" if name == "diag" else name
             try:
                 ok = all(np.isfinite(self.tile(kind, name, *index)).all() for kind in self.kinds)
-            except GpmarginError:
+            except DamagedStore:
                 ok = False
             if not ok:
                 self.unmark(task)

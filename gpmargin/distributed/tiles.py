@@ -18,13 +18,16 @@ skipped on a rerun, so a killed computation resumes where it stopped.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from gpmargin.distributed.blocked import discard_factor, verify_factor
 from gpmargin.distributed.store import KINDS, KernelStore, store_config
 from gpmargin.errors import GpmarginError
 from gpmargin.linalg import mirror_upper
@@ -96,6 +99,33 @@ def _inputs(task: tuple, train_blocks, test_blocks):
     return test_blocks[index[0]], None
 
 
+def _tile_edge(tile: int, n_train: int, n_test: int, kinds, store) -> int:
+    """The tile edge a store uses: at most the larger input set (one tile then holds it all; an
+    existing store made with a larger edge keeps it).  Refused in one line, before anything is
+    written, when one unit's blocks (a tile per kind, written and copied) would not fit in half
+    of this machine's memory."""
+    edge = max(n_train, n_test)
+    if tile >= edge:
+        from gpmargin.distributed.store import CONFIG_NAME
+
+        try:
+            import json
+
+            old = int(json.loads((Path(store) / CONFIG_NAME).read_text())["tile"])
+            tile = old if old >= edge else edge
+        except (OSError, ValueError, KeyError, TypeError):
+            tile = edge
+    need = 8 * min(tile, edge) ** 2 * (2 * len(kinds) + 1)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    if ram and need > ram / 2:
+        raise GpmarginError(f"tile {tile} needs about {need / 2**30:.3g} GiB per unit, more than half of this machine's "
+                            f"{ram / 2**30:.3g} GiB; use a smaller --tile (default {DEFAULT_TILE})")
+    return tile
+
+
 def compute_kernel_store(kernel, x_train, x_test, store, *, kinds=("nngp",), tile: int = DEFAULT_TILE,
                          client=None, progress: bool = True, verify: bool = True, device=None,
                          description: dict | None = None) -> KernelStore:
@@ -138,10 +168,17 @@ def compute_kernel_store(kernel, x_train, x_test, store, *, kinds=("nngp",), til
     if xtr.ndim < 2 or xte.ndim < 2 or xtr.shape[1:] != xte.shape[1:] or not len(xtr) or not len(xte):
         raise GpmarginError(f"x_train {tuple(xtr.shape)} and x_test {tuple(xte.shape)} must be non-empty, "
                             "one row per example, with the same feature shape")
+    tile = _tile_edge(int(tile), len(xtr), len(xte), kinds, store)
     t0 = time.perf_counter()
-    ks = KernelStore.create_or_open(store, store_config(kernel, xtr, xte, kinds, int(tile), description))
+    ks = KernelStore.create_or_open(store, store_config(kernel, xtr, xte, kinds, tile, description))
     units = ks.kernel_tasks()
     repaired = ks.verify(progress=progress) if verify else []
+    if verify:
+        for kind in ks.kinds:  # a factor of a repaired training tile, or itself damaged, is discarded
+            if any(task[0] == "train" for task in repaired):
+                discard_factor(ks, kind)
+            elif (damage := verify_factor(ks, kind)) is not None:
+                repaired.append(("factor", kind, *damage.index))
     todo = ks.missing(units)
     t = ks.tile_size
     train_blocks = [xtr[a : a + t] for a in range(0, ks.n_train, t)]
@@ -182,7 +219,7 @@ def _run_on_dask(client, ks, todo, kernel, train_blocks, test_blocks, kinds, dev
         futures.append(client.submit(run_unit, str(ks.path), ks.config, task, kernel_f, xa, xb, kinds, device,
                                      pure=False, key=f"gpmargin-kernel-{'-'.join(map(str, task))}-{ks.path.name}"))
     try:
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             try:
                 fut.result()
             except (ModuleNotFoundError, ImportError) as exc:

@@ -179,6 +179,8 @@ def network(kernel, width, *, in_shape, parameterization: str = "ntk", members: 
         raise GpmarginError(f"members={members} must be at most {MAX_MEMBERS} (member seeds are 1000 * seed + j)")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise GpmarginError(f"seed={seed!r} must be a non-negative integer")
+    from gpmargin.io import resolve_device
+
     seeds = [member_seed(seed, j) for j in range(members)]
     return Network(kernel, width, in_shape=in_shape, parameterization=parameterization, seeds=seeds,
-                   outputs=outputs, dtype=dtype, device=device)
+                   outputs=outputs, dtype=dtype, device=resolve_device(device))

@@ -174,8 +174,8 @@ def _store_options(args) -> dict:
         return {}
     from gpmargin.errors import GpmarginError
 
-    if not args.memory > 0:
-        raise GpmarginError(f"--memory must be a positive number of GiB, got {args.memory:g}")
+    if not (math.isfinite(args.memory) and args.memory > 0):
+        raise GpmarginError(f"--memory must be a positive, finite number of GiB, got {args.memory:g}")
     return {"kernel_store": args.kernel_store, "memory": int(args.memory * 2**30)}
 
 
