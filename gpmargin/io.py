@@ -311,6 +311,16 @@ def config_differences(old: dict, new: dict, limit: int = 6) -> str:
     return "; ".join(parts) + more
 
 
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def resolve_device(name: Any = "auto"):
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``.
 

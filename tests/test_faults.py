@@ -84,3 +84,57 @@ def test_malformed_scheduler_is_one_line_and_nothing_later(mnist_test, tmp_path,
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("warning:")]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "--scheduler 'notanaddress' is not a Dask scheduler address" in lines[0]
+
+
+# -- validate: --set checked up front, by key --------------------------------------------------
+@pytest.mark.parametrize("experiment,assignment,message", [
+    ("measures", "steps=-5", "--set steps=-5: steps must be an integer >= 1"),
+    ("measures", "lrs=nan", "--set lrs=nan: lrs must be a comma list of values, each a finite number > 0"),
+    ("measures", "sharpness_rho=nan", "--set sharpness_rho=nan: sharpness_rho must be a finite number > 0"),
+    ("large_batch", "momentum=nan", "--set momentum=nan: momentum must be a finite number >= 0 and < 1"),
+    ("gd", "steps=0", "--set steps=0: steps must be an integer >= 1"),
+    ("measures", "gp_kinds=bogus", "--set gp_kinds=bogus: gp_kinds must be a comma list of distinct values, each "
+                                   "one of nngp, ntk"),
+    ("measures", "basin_rise=0", "--set basin_rise=0: basin_rise must be a finite number > 0"),
+    ("measures", "seed=-1", "--set seed=-1: seed must be an integer >= 0"),
+    ("large_batch", "batch_size=0", "--set batch_size=0: batch_size must be an integer >= 1"),
+    ("fig6", "lr=inf", "--set lr=inf: lr must be a finite number > 0"),
+    ("minnorm", "arms=nero,bogus", "--set arms=nero,bogus: arms must be a comma list of distinct values, each one of"),
+])
+def test_set_is_checked_before_anything_runs(experiment, assignment, message, tmp_path, capsys):
+    line = _error(["validate", experiment, "--scale", "smoke", "--set", assignment, "--no-progress",
+                   "--out", str(tmp_path / "o")], capsys)
+    assert message in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_networks_beyond_memory_are_refused_before_training(mnist_test, tmp_path, capsys):
+    line = _error(["validate", "gd", "--scale", "smoke", "--set", "width=100000000", "--no-progress",
+                   "--out", str(tmp_path / "o")], capsys)
+    assert "width=100000000 (depth 3, 4 members, float32) needs about" in line and "lower width or members" in line
+    assert not list(tmp_path.rglob("runs.jsonl"))  # no unit ran
+
+
+def test_divergence_names_the_learning_rate_to_lower(mnist_test, tmp_path, capsys):
+    line = _error(["validate", "minnorm", "--scale", "smoke", "--set", "sgd_lr=1e30", "--set", "arms=sgd-wd",
+                   "--no-progress", "--workers", "0", "--out", str(tmp_path / "m")], capsys)
+    assert "training diverged" in line and line.endswith("lower it with --set sgd_lr=...")
+    line = _error(["validate", "measures", "--scale", "smoke", "--set", "lrs=1e30", "--no-progress", "--workers", "0",
+                   "--out", str(tmp_path / "p")], capsys)
+    assert "training diverged for the network with" in line and line.endswith("lower it with --set lrs=...")
+
+
+def test_a_diverged_large_batch_run_is_recorded_as_diverged(fashion_train, tmp_path, capsys):
+    import json
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["validate", "large_batch", "--scale", "smoke", "--set", "lr=1e30", "--set", "arms=small,large",
+                     "--no-progress", "--workers", "0", "--out", str(tmp_path / "o")]) == 0
+    (runs,) = (tmp_path / "o").rglob("runs.jsonl")
+    recs = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert len(recs) == 2 and all(r["diverged"] and r["members"] == [] for r in recs)
+    summary = json.loads((tmp_path / "o" / "large_batch-comparison.json").read_text())
+    assert [(a["arm"], a["diverged"], a["test_accuracy"]) for a in summary["arms"]] == [("small", 1, None),
+                                                                                         ("large", 1, None)]
+    assert "all 1 run(s) diverged" in capsys.readouterr().out

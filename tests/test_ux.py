@@ -270,7 +270,7 @@ def test_messages_name_the_argument_and_value(tmp_path, capsys, monkeypatch):
     assert "--seed must be a non-negative integer, got -1" in _one_line_error(
         _main(capsys, monkeypatch, "predict", "--seed", -1, "--out", tmp_path))
     for field in ("depth", "width", "n_train"):
-        with pytest.raises(GpmarginError, match=f"^{field} must be a positive integer, got 0"):
+        with pytest.raises(GpmarginError, match=f"^--set {field}=0: {field} must be an integer >= 1$"):
             get_experiment("fig6", "smoke").with_overrides([f"{field}=0"])
 
 

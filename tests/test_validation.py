@@ -249,7 +249,7 @@ def test_config_overrides():
     assert q.overrides() == {} and q.with_overrides([]) == q
     for bad, msg in (("widht=3", "KEY one of"), ("width", "KEY one of"), ("scale=paper", "KEY one of"),
                      ("width=wide", "width=wide"), ("margins=auto", "explicit margins"),
-                     ("margins=0,1", "margins"), ("ensembles=1,32", "members"), ("seeds=a", "integers")):
+                     ("margins=0,1", "margins"), ("ensembles=1,32", "members"), ("seeds=a", "seeds must be a comma list of distinct values, each an integer >= 0")):
         with pytest.raises(GpmarginError, match=msg):
             q.with_overrides([bad])
 
@@ -271,7 +271,7 @@ def test_cli_set_overrides(mnist_test, tmp_path):
     r = _cli(*args[:-2], "--set", "steps=30")  # a different config into the same folder: refused
     assert r.returncode == 2 and "different config" in r.stderr and "steps: 20 -> 30" in r.stderr, r.stderr
     r = _cli("validate", "fig6", "--scale", "smoke", "--out", str(tmp_path / "z"), "--set", "depth=x")
-    assert r.returncode == 2 and r.stderr.startswith("error: --set 'depth=x'"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: --set depth=x: depth must be an integer >= 1"), r.stderr
     assert r.stderr.strip().count("\n") == 0 and not (tmp_path / "z").exists()
 
 

@@ -68,7 +68,7 @@ def test_trained_time_is_neural_tangents_time():
     assert trained_time(decayed)[0] == pytest.approx(sum(0.99**s for s in range(100)), rel=1e-12)
     with pytest.raises(GpmarginError, match="gp_kind"):
         dataclasses.replace(c, gp_kind="ntkgp")
-    with pytest.raises(GpmarginError, match="unknown model"):
+    with pytest.raises(GpmarginError, match="model=resnet: model must be one of mlp, ntk-mlp"):
         dataclasses.replace(c, model="resnet")
 
 

@@ -35,6 +35,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from gpmargin.errors import GpmarginError
+from validation.fields import Field, check_fields, choice, custom, integer, listed, number, optional, parse_overrides, text
+from validation.train import LOSSES, OPTIMIZERS
 
 SCALES = ("quick", "paper", "smoke")
 #: ``mlp``: the paper's MLP in the standard parameterisation; ``ntk-mlp``: the same network
@@ -75,8 +77,8 @@ class ExperimentConfig:
 
     #: whether the experiment's units are indexed by margin (``margins`` must be non-empty)
     needs_margins: ClassVar[bool] = True
-    #: fields of a subclass that ``--set`` may change, with the parser of their value
-    EXTRA_OVERRIDABLE: ClassVar[dict[str, Callable[[str], Any]]] = {}
+    #: what every field ``--set`` may change can hold (see :mod:`validation.fields`); set below
+    FIELDS: ClassVar[dict[str, Field]]
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -111,6 +113,16 @@ class ExperimentConfig:
         """What identifies a unit (or the record it produced) when a sweep resumes."""
         return (repr(float(unit["margin"])), int(unit["seed"]))
 
+    def memory_estimate(self) -> int:
+        """Bytes one unit's networks need at the least: weights, gradients and two optimiser
+        buffers of ``members`` networks with ``depth - 1`` square ``width x width`` layers."""
+        item = 4 if self.dtype == "float32" else 8
+        return 4 * item * self.members * max(self.depth - 1, 1) * self.width ** 2
+
+    def lr_key(self) -> str:
+        """The ``--set`` key of the learning rate a unit trains with."""
+        return "lr"
+
     def optimizer_kwargs(self) -> dict[str, Any]:
         """Extra settings of ``make_optimizer(model, optimizer, lr, **kwargs)`` (none here)."""
         return {}
@@ -136,18 +148,7 @@ class ExperimentConfig:
         """A copy with fields set from ``KEY=VALUE`` strings (the CLI's ``--set``), e.g.
         ``width=2048``, ``members=4``, ``margins=1e-3:1e1:7`` (or ``0.1,1,10``),
         ``seeds=0,1``, ``ensembles=1,2,4``, ``n_test=none``.  The result is validated."""
-        changes: dict[str, Any] = {}
-        for item in assignments:
-            key, sep, value = item.partition("=")
-            key, value = key.strip(), value.strip()
-            parsers = {**OVERRIDABLE, **self.EXTRA_OVERRIDABLE}
-            if not sep or key not in parsers:
-                raise GpmarginError(f"--set {item!r}: write KEY=VALUE with KEY one of {', '.join(parsers)}")
-            try:
-                changes[key] = parsers[key](value)
-            except (ValueError, GpmarginError) as exc:
-                raise GpmarginError(f"--set {item!r}: {exc}") from None
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **parse_overrides(assignments, self.FIELDS))
 
     def overrides(self) -> dict[str, Any]:
         """Fields that differ from the named experiment at this scale (what ``--set`` changed)."""
@@ -160,47 +161,15 @@ class ExperimentConfig:
 
 
 def validate_config(c: ExperimentConfig) -> None:
-    """Raise :class:`GpmarginError` naming the first bad field."""
+    """Raise :class:`GpmarginError` naming the first bad field (each field against its
+    declaration in ``FIELDS``, then what involves several)."""
     if c.scale not in SCALES:
         raise GpmarginError(f"unknown scale {c.scale!r}: use one of {', '.join(SCALES)}")
+    check_fields(c, c.FIELDS)
     if c.needs_margins and not c.margins:
         raise GpmarginError("an experiment needs at least one margin")
-    for m in c.margins:
-        if not (isinstance(m, (int, float)) and math.isfinite(m) and m > 0):
-            raise GpmarginError(f"margins must be positive finite numbers, got {m!r}")
-    if c.members < 1 or any(k < 1 or k > c.members for k in c.ensembles):
+    if any(k > c.members for k in c.ensembles):
         raise GpmarginError(f"ensemble sizes {c.ensembles} must lie in [1, members={c.members}]")
-    if not c.seeds or len(set(c.seeds)) != len(c.seeds) or any(s < 0 for s in c.seeds):
-        raise GpmarginError(f"seeds must be distinct non-negative integers, got {c.seeds}")
-    for field_name in ("depth", "width", "n_train"):
-        if getattr(c, field_name) < 1:
-            raise GpmarginError(f"{field_name} must be a positive integer, got {getattr(c, field_name)}")
-    if c.steps < 0:
-        raise GpmarginError(f"steps must be a non-negative integer, got {c.steps}")
-    if c.model not in MODELS:
-        raise GpmarginError(f"unknown model {c.model!r} for a sweep: use one of {', '.join(MODELS)}")
-    if c.gp_kind not in ("nngp", "ntk"):
-        raise GpmarginError(f"gp_kind={c.gp_kind!r}: use 'nngp' (NNGP predictions) or 'ntk' (gradient-descent "
-                            "predictions)")
-    if c.dtype not in ("float32", "float64"):
-        raise GpmarginError(f"dtype must be 'float32' or 'float64', got {c.dtype!r}")
-    from validation.train import LOSSES, OPTIMIZERS
-
-    if c.optimizer not in OPTIMIZERS:
-        raise GpmarginError(f"unknown optimizer {c.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-    if c.loss not in LOSSES:
-        raise GpmarginError(f"unknown loss {c.loss!r}: use one of {', '.join(LOSSES)}")
-
-
-def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    return lambda v: None if v.lower() == "none" else parse(v)
-
-
-def _int_tuple(v: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in v.split(","))
-    except ValueError:
-        raise GpmarginError(f"expected comma-separated integers, got {v!r}") from None
 
 
 def _ensembles(v: str) -> tuple[int, ...]:
@@ -217,12 +186,18 @@ def _margins(v: str) -> tuple[float, ...]:
     return tuple(float(m) for m in parse_margins(v))
 
 
-#: fields ``--set`` may change, with the parser of their value
-OVERRIDABLE: dict[str, Callable[[str], Any]] = {
-    "dataset": str, "task": str, "n_train": int, "n_test": _optional(int), "data_seed": int,
-    "carve_from": str, "depth": int, "width": int, "optimizer": str, "loss": str, "lr": float,
-    "decay": float, "steps": int, "tol": _optional(float), "dtype": str, "margins": _margins,
-    "seeds": _int_tuple, "members": int, "ensembles": _ensembles, "gp_kind": str,
+POSITIVE = number(0, above=True)
+#: the fields of every experiment (subclasses add their own)
+ExperimentConfig.FIELDS = {
+    "dataset": text(), "task": text(), "n_train": integer(1), "n_test": optional(integer(1)),
+    "data_seed": integer(0), "carve_from": optional(choice("auto", "train", "test")), "model": choice(*MODELS),
+    "depth": integer(1), "width": integer(1), "optimizer": choice(*OPTIMIZERS), "loss": choice(*LOSSES),
+    "lr": POSITIVE, "decay": number(0, 1, above=True), "steps": integer(1), "tol": optional(POSITIVE),
+    "dtype": choice("float32", "float64"),
+    "margins": custom(_margins, listed(POSITIVE, empty=True).ok, "LO:HI:N or a comma list of positive finite numbers"),
+    "seeds": listed(integer(0), distinct=True), "members": integer(1),
+    "ensembles": custom(_ensembles, listed(integer(1)).ok, "a comma list of ensemble sizes >= 1 (at most members)"),
+    "gp_kind": choice("nngp", "ntk"),
 }
 
 

@@ -31,7 +31,8 @@ from torch import nn
 
 from gpmargin.errors import GpmarginError
 from validation.distance import distance, fit_distance
-from validation.experiments import SCALES, ExperimentConfig
+from validation.experiments import POSITIVE, SCALES, ExperimentConfig
+from validation.fields import choice, integer, listed, number, optional
 from validation.ghost_bn import GhostBatchNorm1d, check_ghost_batch
 from validation.schedules import regime_adaptation, sqrt_lr, step_lr
 
@@ -111,18 +112,6 @@ def train_minibatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch
 
 
 # ----------------------------------------------------------------------------- the experiment
-def _arms(v: str) -> tuple[str, ...]:
-    arms = tuple(a.strip() for a in v.split(","))
-    bad = [a for a in arms if a not in ARMS]
-    if bad:
-        raise GpmarginError(f"arms={v!r}: use a comma list of {', '.join(ARMS)}")
-    return arms
-
-
-def _milestones(v: str) -> tuple[float, ...]:
-    return () if v.strip().lower() in ("", "none") else tuple(float(m) for m in v.split(","))
-
-
 @dataclasses.dataclass(frozen=True)
 class LargeBatchConfig(ExperimentConfig):
     """Data and network as the base config (``width`` = 512-unit layers, ``depth`` = hidden layers + 1),
@@ -139,10 +128,14 @@ class LargeBatchConfig(ExperimentConfig):
     weight_decay: float = 0.0
     clip: float | None = None
 
-    EXTRA_OVERRIDABLE: ClassVar[dict] = {
-        "arms": _arms, "batch_size": int, "large_batch_size": int, "ghost_batch_size": lambda v: None
-        if v.lower() == "none" else int(v), "epochs": float, "milestones": _milestones, "momentum": float,
-        "weight_decay": float, "clip": lambda v: None if v.lower() == "none" else float(v)}
+    # fig6's margins, members, ensembles, steps, decay, tol, loss and GP settings do not apply (placeholders)
+    FIELDS: ClassVar[dict] = {
+        **{k: f for k, f in ExperimentConfig.FIELDS.items()
+           if k not in ("margins", "members", "ensembles", "steps", "decay", "tol", "loss", "gp_kind", "model")},
+        "arms": listed(choice(*ARMS), distinct=True), "batch_size": integer(1),
+        "large_batch_size": integer(1), "ghost_batch_size": optional(integer(1)), "epochs": POSITIVE,
+        "milestones": listed(POSITIVE, empty=True), "momentum": number(0, 1, below=True), "weight_decay": number(0),
+        "clip": optional(POSITIVE)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -153,9 +146,6 @@ class LargeBatchConfig(ExperimentConfig):
             raise GpmarginError(f"large_batch_size={self.large_batch_size} must be a multiple of "
                                 f"batch_size={self.batch_size}")
         check_ghost_batch(self.ghost, self.large_batch_size)
-        if not self.epochs > 0 or self.momentum < 0 or self.weight_decay < 0:
-            raise GpmarginError("epochs must be positive, momentum and weight_decay non-negative")
-        _arms(",".join(self.arms))
 
     @property
     def ghost(self) -> int:
@@ -212,15 +202,21 @@ def large_batch_unit(config: LargeBatchConfig, task, unit: dict[str, Any], devic
                          milestones=s["milestones"], momentum=config.momentum, weight_decay=config.weight_decay,
                          clip=config.clip, seed=unit["seed"])
     train_s = time.perf_counter() - t0
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()}
     model.eval()
     with torch.no_grad():
         f_tr = torch.cat([model(x_tr[i:i + 4096]) for i in range(0, len(x_tr), 4096)]).double().cpu()
         f_te = torch.cat([model(x_te[i:i + 4096]) for i in range(0, len(x_te), 4096)]).double().cpu()
+    finite = math.isfinite(tr["final_loss"]) and bool(torch.isfinite(f_tr).all() and torch.isfinite(f_te).all())
+    if not finite or not all(bool(torch.isfinite(w).all()) for w in linear_weights(model)):
+        # diverged (e.g. too large a learning rate): recorded as such, with no measures
+        return {"settings": settings, "updates": tr["updates"], "final_train_loss": None, "diverged": True,
+                "gibbs_test_accuracy": None, "members": [],
+                "distance": {"iterations": [], "distance": [], "fit": None}, "training": {"train_wall_s": train_s}}
     meas = M.network_measures([w.double() for w in linear_weights(model)], f_tr, y_tr.cpu(), x_tr.double().cpu(),
                               f_te, y_te.cpu(), init_weights=[w.double() for w in w0], lipschitz=1.0)
     fit = fit_distance(tr["iterations"], tr["distance"]) if len(tr["iterations"]) >= 3 else None
-    return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()},
-            "updates": tr["updates"], "final_train_loss": tr["final_loss"],
+    return {"settings": settings, "updates": tr["updates"], "final_train_loss": tr["final_loss"], "diverged": False,
             "gibbs_test_accuracy": meas["test_accuracy"], "members": [meas],
             "distance": {"iterations": tr["iterations"], "distance": tr["distance"], "fit": fit},
             "training": {"train_wall_s": train_s}}

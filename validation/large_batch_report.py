@@ -25,29 +25,38 @@ def arm_table(config, records: list[dict]) -> list[dict[str, Any]]:
     """One row per arm, means over seeds (see module docstring)."""
     rows = []
     for arm in config.arms:
-        rs = [r for r in records if r["arm"] == arm]
-        if not rs:
+        every = [r for r in records if r["arm"] == arm]
+        if not every:
             continue
+        rs = [r for r in every if not r.get("diverged")]  # a diverged run has no measures
         m = [r["members"][0] for r in rs]
         fits = [r["distance"]["fit"] for r in rs if r["distance"]["fit"]]
-        s = rs[0]["settings"]
+        s = every[0]["settings"]
+
+        def mean(key):
+            vals = [x[key] for x in m if x[key] is not None]
+            return float(np.mean(vals)) if vals else None
+
         row = {"arm": arm, "batch_size": s["batch_size"], "ghost_batch_size": s["ghost_batch_size"], "lr": s["lr"],
-               "epochs": s["epochs"], "updates": rs[0]["updates"], "seeds": len(rs),
-               "test_accuracy": float(np.mean([x["test_accuracy"] for x in m])),
-               "train_accuracy": float(np.mean([x["train_accuracy"] for x in m])),
-               "frobenius_normalized_margin": float(np.mean([x["frobenius_normalized_margin"] for x in m])),
+               "epochs": s["epochs"], "updates": every[0]["updates"], "seeds": len(rs),
+               "diverged": len(every) - len(rs),
+               "test_accuracy": mean("test_accuracy"), "train_accuracy": mean("train_accuracy"),
+               "frobenius_normalized_margin": mean("frobenius_normalized_margin"),
                "distance_log_slope": float(np.mean([f["log_slope"] for f in fits])) if fits else None,
                "distance_power_exponent": float(np.mean([f["power_exponent"] for f in fits])) if fits else None,
                "distance_better_law": ",".join(sorted({f["better"] for f in fits})) if fits else None}
-        row["generalization_gap"] = row["train_accuracy"] - row["test_accuracy"]
+        row["generalization_gap"] = None if not rs else row["train_accuracy"] - row["test_accuracy"]
         rows.append(row)
     small = next((r for r in rows if r["arm"] == "small"), None)
     large = next((r for r in rows if r["arm"] == "large"), None)
+    small = small if small and small["test_accuracy"] is not None else None
+    large = large if large and large["test_accuracy"] is not None else None
     for r in rows:
-        r["gap_vs_small"] = small["test_accuracy"] - r["test_accuracy"] if small else None
+        ok = r["test_accuracy"] is not None
+        r["gap_vs_small"] = small["test_accuracy"] - r["test_accuracy"] if small and ok else None
         base = large["test_accuracy"] - small["test_accuracy"] if small and large else None
         r["fraction_of_large_batch_gap_closed"] = ((r["test_accuracy"] - large["test_accuracy"]) / -base
-                                                   if base and base < 0 else None) if r["arm"] != "small" else None
+                                                   if base and base < 0 and ok else None) if r["arm"] != "small" else None
     return rows
 
 
@@ -63,13 +72,16 @@ def compare_large_batch(config, out, records: list[dict], task=None, device=None
     _plot(config, rows, records, files["png"])
     summary = {"experiment": config.name, "scale": config.scale, "overrides": config.overrides(),
                "config_hash": config.config_hash(), "arms": rows,
-               "networks": [{"arm": r["arm"], "seed": r["seed"], **r["members"][0], "distance": r["distance"]}
-                            for r in records],
+               "networks": [{"arm": r["arm"], "seed": r["seed"], **(r["members"][0] if r["members"] else {"diverged": True}),
+                             "distance": r["distance"]} for r in records],
                "units": len(records), "files": files,
                "metadata": run_metadata(device, data_info=getattr(task, "info", None))}
     atomic_write_json(files["json"], summary)
     if verbose:
         for r in rows:
+            if r["test_accuracy"] is None:
+                print(f"{r['arm']:>24}: B={r['batch_size']:<5} lr={r['lr']:.3g}: all {r['diverged']} run(s) diverged")
+                continue
             gv = r["gap_vs_small"]
             print(f"{r['arm']:>24}: B={r['batch_size']:<5} lr={r['lr']:.3g} epochs={r['epochs']:g} "
                   f"test {r['test_accuracy']:.4f} train {r['train_accuracy']:.4f} gap vs small "
@@ -85,6 +97,10 @@ def _plot(config, rows, records, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    gone = [r["arm"] for r in rows if r["test_accuracy"] is None]
+    rows = [r for r in rows if r["test_accuracy"] is not None]
+    if gone:
+        fig.suptitle("diverged (not drawn): " + ", ".join(gone), fontsize=9)
     names = [r["arm"].replace("+", "\n+") for r in rows]
     xs = np.arange(len(rows))
     ax = axes[0]
@@ -92,14 +108,14 @@ def _plot(config, rows, records, path) -> None:
     ax.bar(xs + 0.2, [r["test_accuracy"] for r in rows], 0.4, label="test", color="C0")
     for x, r in zip(xs, rows):
         ax.text(x + 0.2, r["test_accuracy"], f"{r['test_accuracy']:.3f}", ha="center", va="bottom", fontsize=7)
-    lo = min(r["test_accuracy"] for r in rows)
+    lo = min((r["test_accuracy"] for r in rows), default=0.0)
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
     ax.set_xticks(xs, names, fontsize=7)
     ax.set_ylabel("accuracy")
     ax.set_title("(a) accuracy per arm")
     ax.legend(fontsize=8)
     ax = axes[1]
-    ax.bar(xs - 0.2, [r["gap_vs_small"] for r in rows], 0.4, color="C3", label="test(small) − test(arm)")
+    ax.bar(xs - 0.2, [np.nan if r["gap_vs_small"] is None else r["gap_vs_small"] for r in rows], 0.4, color="C3", label="test(small) − test(arm)")
     ax.bar(xs + 0.2, [r["generalization_gap"] for r in rows], 0.4, color="C1", label="train − test")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(xs, names, fontsize=7)

@@ -32,17 +32,10 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from gpmargin.errors import GpmarginError
-from validation.experiments import SCALES, ExperimentConfig, _logspace
+from validation.experiments import POSITIVE, SCALES, ExperimentConfig, _logspace
+from validation.fields import choice, listed, number
 
 ARMS = ("minnorm", "nero", "sgd-early", "sgd-wd")
-
-
-def _arms(v: str) -> tuple[str, ...]:
-    arms = tuple(a.strip() for a in v.split(","))
-    bad = [a for a in arms if a not in ARMS]
-    if bad or not arms:
-        raise GpmarginError(f"arms={v!r}: use a comma list of {', '.join(ARMS)}")
-    return arms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +51,10 @@ class MinnormConfig(ExperimentConfig):
     early_tol: float = 0.5
     weight_decay: float = 0.1
 
-    EXTRA_OVERRIDABLE: ClassVar[dict] = {"arms": _arms, "minnorm_lr": float, "multiplier_lr": float, "norm_weight": float, "sgd_lr": float,
-                         "early_tol": float, "weight_decay": float}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("minnorm_lr", "multiplier_lr", "norm_weight", "sgd_lr", "early_tol"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise GpmarginError(f"{name} must be a positive number, got {v!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise GpmarginError(f"weight_decay must be non-negative, got {self.weight_decay!r}")
-        _arms(",".join(self.arms))
+    FIELDS: ClassVar[dict] = {
+        **ExperimentConfig.FIELDS, "arms": listed(choice(*ARMS), distinct=True), "minnorm_lr": POSITIVE,
+        "multiplier_lr": POSITIVE, "norm_weight": POSITIVE, "sgd_lr": POSITIVE, "early_tol": POSITIVE,
+        "weight_decay": number(0)}
 
     def units(self) -> list[dict[str, Any]]:
         return [{"arm": a, "margin_index": i, "margin": float(m), "seed": int(s)}
@@ -92,6 +77,9 @@ class MinnormConfig(ExperimentConfig):
         if arm == "sgd-wd":
             return dataclasses.replace(self, arm=arm, optimizer="sgd", lr=self.sgd_lr, decay=1.0)
         raise GpmarginError(f"unknown arm {arm!r}: use one of {', '.join(ARMS)}")
+
+    def lr_key(self) -> str:
+        return {"minnorm": "minnorm_lr", "sgd-early": "sgd_lr", "sgd-wd": "sgd_lr"}.get(self.arm, "lr")
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         if self.arm == "minnorm":

@@ -31,13 +31,14 @@ import itertools
 import json
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 
 from gpmargin import measures as M
 from gpmargin.errors import GpmarginError
+from validation.fields import Field, check_fields, choice, integer, listed, number, parse_overrides
 
 HYPERPARAMETERS = ("margin", "lr", "batch_size", "width", "label_noise")
 
@@ -78,27 +79,18 @@ class MeasuresConfig:
     # theory
     gp_kinds: tuple[str, ...] = ("nngp", "ntk")
 
+    FIELDS: ClassVar[dict[str, Field]]  # set below
+
     def __post_init__(self) -> None:
         from validation.experiments import SCALES
-        from validation.train import OPTIMIZERS
 
         if self.scale not in SCALES:
             raise GpmarginError(f"unknown scale {self.scale!r}: use one of {', '.join(SCALES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise GpmarginError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-        for name in ("margins", "lrs", "batch_sizes", "widths", "label_noise", "gp_kinds"):
-            if not getattr(self, name):
-                raise GpmarginError(f"{name} must list at least one value")
-        if any(not (math.isfinite(m) and m > 0) for m in self.margins + self.lrs):
-            raise GpmarginError("margins and lrs must be positive finite numbers")
-        if any(not 1 <= b <= self.n_train for b in self.batch_sizes):
+        check_fields(self, self.FIELDS)
+        if any(b > self.n_train for b in self.batch_sizes):
             raise GpmarginError(f"batch_sizes must lie in [1, n_train={self.n_train}], got {self.batch_sizes}")
-        if any(not 0 <= f < 1 for f in self.label_noise):
-            raise GpmarginError(f"label_noise fractions must lie in [0, 1), got {self.label_noise}")
-        if self.threads < 1:
-            raise GpmarginError(f"threads must be a positive integer, got {self.threads}")
-        if not 2 <= self.ph_n_min < self.ph_n_max:
-            raise GpmarginError("need 2 <= ph_n_min < ph_n_max")
+        if not self.ph_n_min < self.ph_n_max:
+            raise GpmarginError(f"ph_n_min={self.ph_n_min} must be below ph_n_max={self.ph_n_max}")
         if self.ph_examples > self.n_train:
             raise GpmarginError(f"ph_examples must be at most n_train={self.n_train}")
 
@@ -115,26 +107,8 @@ class MeasuresConfig:
         return {k: v for k, v in self.to_dict().items() if base.get(k) != v}
 
     def with_overrides(self, assignments: Sequence[str]) -> "MeasuresConfig":
-        """A copy with fields set from ``KEY=VALUE`` (tuples as comma lists), validated."""
-        changes: dict[str, Any] = {}
-        current = dataclasses.asdict(self)
-        for item in assignments:
-            key, sep, value = (s.strip() for s in item.partition("="))
-            if not sep or key not in current or key in ("name", "scale"):
-                raise GpmarginError(f"--set {item!r}: write KEY=VALUE with KEY one of "
-                                    f"{', '.join(k for k in current if k not in ('name', 'scale'))}")
-            old = current[key]
-            try:
-                if isinstance(old, tuple):
-                    kind = type(old[0])
-                    changes[key] = tuple(kind(v) for v in value.split(","))
-                elif old is None or value.lower() == "none":
-                    changes[key] = None if value.lower() == "none" else int(value)
-                else:
-                    changes[key] = type(old)(value)
-            except ValueError:
-                raise GpmarginError(f"--set {item!r}: cannot read {value!r} as {type(old).__name__}") from None
-        return dataclasses.replace(self, **changes)
+        """A copy with fields set from ``KEY=VALUE`` (tuples as comma lists), each checked by its field."""
+        return dataclasses.replace(self, **parse_overrides(assignments, self.FIELDS))
 
     def with_seed(self, seed: int) -> "MeasuresConfig":
         return dataclasses.replace(self, seed=int(seed))
@@ -164,6 +138,25 @@ class MeasuresConfig:
         from validation.generalization import analyse
 
         return analyse(self, out, records, task=task, device=device)
+
+
+def _measures_fields() -> dict[str, Field]:
+    from validation.experiments import POSITIVE, ExperimentConfig
+    from validation.train import OPTIMIZERS
+
+    common = ExperimentConfig.FIELDS
+    return {
+        **{k: common[k] for k in ("dataset", "task", "n_train", "n_test", "data_seed", "carve_from", "depth", "dtype")},
+        "optimizer": choice(*OPTIMIZERS), "steps": integer(1), "threads": integer(1), "seed": integer(0),
+        "margins": listed(POSITIVE), "lrs": listed(POSITIVE), "batch_sizes": listed(integer(1)),
+        "widths": listed(integer(1)), "label_noise": listed(number(0, 1, below=True)),
+        "sharpness_rho": POSITIVE, "sharpness_samples": integer(1), "ascent_steps": integer(0),
+        "basin_directions": integer(1), "basin_rise": POSITIVE, "ph_n_min": integer(2), "ph_n_max": integer(3),
+        "ph_examples": integer(1), "gp_kinds": listed(choice("nngp", "ntk"), distinct=True),
+    }
+
+
+MeasuresConfig.FIELDS = _measures_fields()
 
 
 def measures(scale: str) -> MeasuresConfig:
@@ -298,6 +291,11 @@ def _measure(config: MeasuresConfig, task, h: dict[str, Any], device: torch.devi
     with torch.no_grad():
         f_tr, f_te = model(x_tr).double().cpu(), model(x_te).double().cpu()
     ws = [w.detach().double().cpu() for w in model.weights]
+    if not (bool(torch.isfinite(f_tr).all() and torch.isfinite(f_te).all())
+            and all(bool(torch.isfinite(w).all()) and float(w.abs().max()) > 0 for w in ws)):
+        raise GpmarginError(f"training diverged for the network with {h} (non-finite or vanished weights after "
+                            f"{config.steps + config.ph_n_max} steps of {config.optimizer}); lower it with "
+                            "--set lrs=...")
     w0 = [w.double().cpu() for w in init]
     base = M.network_measures(ws, f_tr, y_tr.cpu(), x_tr.double().cpu(), f_te, y_te.cpu(), init_weights=w0,
                               lipschitz=M.mlp_lipschitz(config.depth))

@@ -131,7 +131,7 @@ def train_ensemble(config: ExperimentConfig, task, margin: float, seed: int, dev
         bad = [j for j in range(f_tr.shape[0]) if not bool(torch.isfinite(f_tr[j]).all())]
         raise GpmarginError(f"training diverged at margin {margin:g} (seed {seed}, members {bad}: non-finite "
                             f"outputs after {res.steps} steps of {config.optimizer} with lr={config.lr:g}); "
-                            f"lower lr with --set lr=...")
+                            f"lower it with --set {config.lr_key()}=...")
     return dict(model=model, optimizer=opt, init=init, result=res, f_train=f_tr, f_test=f_te,
                 targets=targets.double().cpu(), x_train=x_tr, y_train=y_tr, y_test=y_te, seconds=time.perf_counter() - t0)
 
@@ -219,6 +219,18 @@ def sweep_unit(config: ExperimentConfig, unit: dict[str, Any], device: torch.dev
     return config.unit_function()(config, cached_task(config), unit, device)
 
 
+def _check_memory(config) -> None:
+    """Refuse, before anything is written, a unit whose networks cannot fit in this machine's RAM."""
+    from gpmargin.io import physical_memory
+
+    estimate = getattr(config, "memory_estimate", None)
+    need, ram = (estimate() if estimate else 0), physical_memory()
+    if ram and need > ram:
+        raise GpmarginError(f"width={config.width} (depth {config.depth}, {config.members} members, {config.dtype}) "
+                            f"needs about {need / 2**30:.3g} GiB per unit for the networks alone, more than this "
+                            f"machine's {ram / 2**30:.3g} GiB; lower width or members with --set")
+
+
 def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | torch.device = "auto",
               progress: bool = True, task=None, execution=None, runner=None) -> list[dict]:
     """Run (or resume) the sweep of ``config`` into ``out``; returns all records of this config.
@@ -239,6 +251,8 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
         if runner.execution.scheduler is not None:
             runner.client(0)  # an unreachable --scheduler fails here, before anything is written
         dev = (device if isinstance(device, torch.device) else resolve_device(device)) if here else None
+        if here:
+            _check_memory(config)
         out = prepare_output(config, out, dev, runner.describe())
         runs = out / "runs.jsonl"
         h = config.config_hash()
@@ -267,7 +281,7 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
                            "wall_s": meta["wall_s"]}
                     append_jsonl(runs, rec)
                     post = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in unit.items() if k != "margin_index"}
-                    if "gibbs_test_accuracy" in rec:
+                    if rec.get("gibbs_test_accuracy") is not None:
                         post["gibbs"] = f"{rec['gibbs_test_accuracy']:.3f}"
                     bar.set_postfix(**post)
                     bar.update(1)

@@ -160,7 +160,9 @@ def worker_options(workers: int, gpus: int) -> list[dict[str, Any]]:
         memory = 0  # no limit
     out = []
     for i in range(workers):
-        opts: dict[str, Any] = {"nthreads": 1, "host": "127.0.0.1", "silence_logs": logging.ERROR,
+        # a failed unit reaches the client, which reports it in one line: the worker's own
+        # "Compute Failed" log with its traceback would only repeat it
+        opts: dict[str, Any] = {"nthreads": 1, "host": "127.0.0.1", "silence_logs": logging.CRITICAL,
                                 "dashboard": False, "memory_limit": memory}
         if gpus:
             opts["env"] = {"CUDA_VISIBLE_DEVICES": str(i % gpus)}

@@ -18,7 +18,6 @@ skipped on a rerun, so a killed computation resumes where it stopped.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path
@@ -115,11 +114,10 @@ def _tile_edge(tile: int, n_train: int, n_test: int, kinds, store) -> int:
             tile = old if old >= edge else edge
         except (OSError, ValueError, KeyError, TypeError):
             tile = edge
+    from gpmargin.io import physical_memory
+
     need = 8 * min(tile, edge) ** 2 * (2 * len(kinds) + 1)
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        ram = None
+    ram = physical_memory()
     if ram and need > ram / 2:
         raise GpmarginError(f"tile {tile} needs about {need / 2**30:.3g} GiB per unit, more than half of this machine's "
                             f"{ram / 2**30:.3g} GiB; use a smaller --tile (default {DEFAULT_TILE})")
