@@ -182,6 +182,12 @@ def locked_folder(out: str | os.PathLike, what: str = "run") -> Iterator[Path]:
         os.close(fd)
 
 
+def path_argument(text: str) -> Path:
+    """An argparse ``type`` for path options: ``~`` expanded once, where the argument is read (the
+    shell does not expand it after ``=``, as in ``--out=~/runs``), so every later use sees one path."""
+    return Path(text).expanduser()
+
+
 def check_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path:
     """Create ``out`` (with parents) and check that files can be written in it, before any work.
 

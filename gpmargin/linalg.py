@@ -137,6 +137,10 @@ def safe_cholesky(
         raise GpmarginError(f"{name} contains NaN or infinite entries; check the inputs and the kernel")
     diag = torch.diagonal(K)
     scale = float(diag.mean())
+    if scale == 0 or 0 < scale < 1e-290:
+        raise GpmarginError(f"{name} is {'zero' if scale == 0 else f'{scale:.3g} on its diagonal'}: the inputs are all "
+                            "zero, or so small that the kernel underflowed; rescale the inputs (e.g. each row to norm "
+                            "sqrt(d), as the paper's preprocessing does)")
     if not scale > 0:
         raise GpmarginError(f"{name} has a non-positive mean diagonal ({scale:g}); it is not a covariance")
     floor = pivot_floor(n, scale)

@@ -8,6 +8,7 @@ import argparse
 
 from gpmargin.distributed.cluster import add_execution_arguments
 from paper_figures import FIGURES, SCALES
+from gpmargin.io import path_argument
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "is redrawn without training. 'gpmargin figure list' lists the figures.")
     p.add_argument("name", help=f"figure ({', '.join(FIGURES)}) or 'list'")
     p.add_argument("--scale", default="quick", help=f"one of {', '.join(SCALES)} (default quick)")
-    p.add_argument("--out", default=None, help="output folder (created; reused to resume)")
+    p.add_argument("--out", default=None, type=path_argument, help="output folder (created; reused to resume)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--dataset", default=None,
                    help="dataset for figures that take one (fig9: cifar10 at paper scale, fashion_mnist otherwise)")

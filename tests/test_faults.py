@@ -138,3 +138,97 @@ def test_a_diverged_large_batch_run_is_recorded_as_diverged(fashion_train, tmp_p
     assert [(a["arm"], a["diverged"], a["test_accuracy"]) for a in summary["arms"]] == [("small", 1, None),
                                                                                          ("large", 1, None)]
     assert "all 1 run(s) diverged" in capsys.readouterr().out
+
+
+# -- paths ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [
+    ["predict", "--dataset", "digits", "--n-train", "100", "--n-test", "50", "--margins", "0.1,1", "--no-progress"],
+    ["kernel", "--dataset", "digits", "--n-train", "100", "--n-test", "50", "--no-progress"],
+    ["validate", "fig6", "--scale", "smoke", "--set", "dataset=digits", "--set", "n_train=100", "--set", "n_test=50",
+     "--set", "width=8", "--set", "steps=5", "--set", "margins=1", "--no-progress", "--workers", "0"],
+])
+def test_out_with_a_tilde_after_equals_is_one_folder(command, tmp_path):
+    """``--out=~/X``: bash does not expand ``~`` after ``=``; every file lands in ``$HOME/X``."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "gpmargin", *command, "--out=~/X"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(cwd.iterdir())  # no literal ./~ folder
+    assert any(p.is_file() for p in (home / "X").rglob("*"))
+
+
+# -- Python API --------------------------------------------------------------------------------
+def test_probes_leave_batchnorm_statistics_as_they_found_them(digits_train):
+    from gpmargin.probes import basin_radius, sharpness, slice_1d
+
+    x = digits_train[0][:200].reshape(200, -1).float()
+    y = digits_train[1][:200]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10))
+    model.train()
+    model(x)  # running statistics away from their initial values
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")  # noqa: E731
+    slice_1d(model, loss, (x, y), coefficients=[-0.5, 0.0, 0.5])
+    sharpness(model, loss, (x, y), 0.05, "worst", n_samples=2, ascent_steps=2)
+    basin_radius(model, loss, (x, y), threshold=5.0, n_directions=2, grid=3, bisections=2)
+    after = model.state_dict()
+    assert model.training  # the mode it was in
+    for k, v in before.items():  # parameters and buffers: restored copies, bit for bit
+        assert torch.equal(after[k], v), k
+
+
+def test_network_edge_inputs():
+    from gpmargin.kernels import paper_cnn, paper_mlp
+    from gpmargin.kernels.gpytorch import NNGPKernel
+
+    nets = paper_cnn().network(8, in_shape=(1, 28, 28), members=3)
+    assert nets(torch.zeros(0, 1, 28, 28)).shape == (3, 0, 1)  # no examples, no outputs
+    assert nets.member(1)(torch.zeros(0, 1, 28, 28)).shape == (0, 1)
+    with pytest.raises(GpmarginError, match="width='64' is text; give a positive integer"):
+        paper_mlp(3).network("64", in_shape=784)
+    conv = NNGPKernel(paper_cnn(), input_shape=(1, 28, 28)).double()
+    with pytest.raises(GpmarginError, match=r"100 features per row but input_shape=\(1, 28, 28\) needs 784"):
+        conv(torch.zeros(3, 100, dtype=torch.float64)).to_dense()
+    with pytest.raises(GpmarginError, match=r"x1 has shape \(3, 0\); the kernel takes"):
+        NNGPKernel(paper_mlp(3)).double()(torch.zeros(3, 0, dtype=torch.float64)).to_dense()
+
+
+def test_inputs_so_small_the_kernel_underflows_name_the_fix():
+    from gpmargin.data import make_task
+    from gpmargin.kernels import paper_mlp
+    from gpmargin.predict import margin_curve
+
+    t = make_task("digits", "parity", n_train=100, n_test=50)
+    with pytest.raises(GpmarginError, match="so small that the kernel underflowed; rescale the inputs"):
+        margin_curve(paper_mlp(3), t.x_train * 1e-200, t.y_train, t.x_test * 1e-200, t.y_test, (0.1, 1.0))
+
+
+def test_ctrl_c_on_dask_workers_stops_in_seconds_with_one_line(mnist_test, tmp_path):
+    """A real SIGINT 8 s into `validate gd --workers 1`: the cluster stops, one line, exit 130,
+    and the records written so far are whole."""
+    import json
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "gpmargin", "validate", "gd", "--scale", "quick", "--workers", "1",
+                             "--no-progress", "--out", str(tmp_path / "o")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(8)
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("Ctrl-C did not stop the run within 30 s")
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
+    assert proc.returncode == 130 and lines == ["interrupted"], err
+    assert time.time() - t0 < 20
+    for runs in (tmp_path / "o").rglob("runs.jsonl"):
+        assert all(json.loads(line) for line in runs.read_text().splitlines())

@@ -13,6 +13,7 @@ import time
 
 from gpmargin.distributed.cluster import add_execution_arguments
 from validation.experiments import EXPERIMENTS, SCALES
+from gpmargin.io import path_argument
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "small vs large batch and the remedies ghost BN, sqrt lr, regime adaptation; distance from init), "
                    "measures (a population of networks; Kendall tau of generalization measures, DIR/measures-tau.csv/.json/.png)")
     p.add_argument("--scale", default="quick", help=f"one of {', '.join(SCALES)} (default quick)")
-    p.add_argument("--out", required=True, help="output folder (created; reused to resume; shared with other "
+    p.add_argument("--out", required=True, type=path_argument, help="output folder (created; reused to resume; shared with other "
                    "experiments and figures: state in DIR/.state/validate-EXPERIMENT/, results DIR/EXPERIMENT-*)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=None,

@@ -7,6 +7,7 @@ import argparse
 from gpmargin.data import locate
 from gpmargin.data.digits import load_digits_split
 from gpmargin.data.sources import DATASETS, SPECS, SPLITS
+from gpmargin.io import path_argument
 
 
 def register(subparsers) -> None:
@@ -14,7 +15,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="datasets: where they are and how big")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     info = sub.add_parser("info", help="list each dataset split, where it was found (or every path tried), and its size")
-    info.add_argument("--data-root", "--root", dest="root", default=None,
+    info.add_argument("--data-root", "--root", dest="root", default=None, type=path_argument,
                       help="extra folder searched first (holding the files or <name>/), as in 'gpmargin predict'")
     info.set_defaults(func=run_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -17,6 +17,8 @@ import contextlib
 import sys
 import time
 
+from gpmargin.io import path_argument
+
 
 def register(subparsers) -> None:
     """Add the ``kernel`` subcommand."""
@@ -47,7 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="on a resumed store, trust finished tiles without re-reading their checksums")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, metavar="STORE", help="store folder (created, or resumed)")
+    p.add_argument("--out", required=True, metavar="STORE", type=path_argument, help="store folder (created, or resumed)")
     p.set_defaults(func=run)
 
 

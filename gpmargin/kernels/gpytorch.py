@@ -27,6 +27,7 @@ kernel call (give the model flattened images).
 from __future__ import annotations
 
 import copy
+import math
 
 import gpytorch
 import torch
@@ -104,6 +105,10 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_shape is None:
             return x
+        need = math.prod(self.input_shape)
+        if x.shape[-1] != need:
+            raise GpmarginError(f"the inputs have {x.shape[-1]} features per row but input_shape={self.input_shape} "
+                                f"needs {need}; pass rows of {need} features or the input_shape of your data")
         return x.reshape(x.shape[0], *self.input_shape)
 
     def _one(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool) -> torch.Tensor:
@@ -122,6 +127,9 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
     def forward(self, x1, x2, diag=False, last_dim_is_batch=False, **params):
         """``k(x1, x2)`` with GPyTorch's batch rules (see the module docstring)."""
         for name, x in (("x1", x1), ("x2", x2)):
+            if x.dim() < 2 or x.shape[-1] == 0:
+                raise GpmarginError(f"{name} has shape {tuple(x.shape)}; the kernel takes (..., n, d) rows with d >= 1 "
+                                    "features")
             if x.requires_grad and torch.is_grad_enabled():
                 raise GpmarginError(
                     f"{name} requires grad, but {type(self).__name__} is not differentiable with respect to its "

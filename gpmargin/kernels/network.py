@@ -43,6 +43,9 @@ def parse_widths(width, hidden: int) -> list[int]:
     """``width`` (one int for every hidden affine layer, or one int per hidden affine layer)."""
     if isinstance(width, numbers.Integral) and not isinstance(width, bool):
         return [positive_int(width, "width")] * hidden
+    if isinstance(width, (str, bytes)):
+        raise GpmarginError(f"width={width!r} is text; give a positive integer (e.g. width=64) or a list of "
+                            f"{hidden} positive integers")
     try:
         widths = list(width)
     except TypeError:
@@ -158,6 +161,11 @@ class Network(nn.Module):
             shape = ", ".join(map(str, self.in_shape))
             per = "" if self.members is None else f" or (members={k}, n, {shape}) per member"
             raise GpmarginError(f"x has shape {tuple(x.shape)}; this network takes (n, {shape}) inputs{per}")
+        n = x.shape[0] if fl.layout == "shared" else x.shape[1]
+        if n == 0:  # no examples: no outputs (the layers' reshapes cannot infer a size from nothing)
+            dtype = self.layers[0].weight.dtype if hasattr(self.layers[0], "weight") else x.dtype
+            empty = x.new_zeros((0, *self.out_shape), dtype=dtype)
+            return empty if self.members is None else empty.expand(k, 0, *self.out_shape)
         for m in self.layers:
             fl = m(fl)
         if fl.layout == "shared":  # no weights at all: every member computes the same function

@@ -16,6 +16,8 @@ import math
 import sys
 import time
 
+from gpmargin.io import path_argument
+
 DEFAULT_ENSEMBLE = "1,2,4,8,16"
 ARCHS = ("paper-mlp", "paper-cnn")
 
@@ -51,12 +53,12 @@ def register(subparsers) -> None:
     p.add_argument("--per-example", action="store_true",
                    help="also save per-test-point probabilities, means and stds in curve.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--kernel-store", default=None, metavar="STORE",
+    p.add_argument("--kernel-store", default=None, metavar="STORE", type=path_argument,
                    help="reuse the kernel matrices of `gpmargin kernel --out STORE` (same data, task, sizes, seed and "
                         "architecture) and solve out of core; the Cholesky factor is kept in the store for the next run")
     p.add_argument("--memory", type=float, default=8.0, metavar="GIB",
                    help="working memory of the out-of-core solves with --kernel-store, GiB (default 8)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", type=path_argument, help="output folder")
     p.set_defaults(func=run)
 
 
@@ -70,7 +72,7 @@ def add_task_arguments(p) -> None:
     p.add_argument("--n-test", type=int, default=None,
                    help="test examples (default: every remaining / available test example)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test subsets (default 0)")
-    p.add_argument("--data-root", default=None, help="extra folder searched first for dataset files")
+    p.add_argument("--data-root", default=None, type=path_argument, help="extra folder searched first for dataset files")
 
 
 def add_arch_arguments(p) -> None:

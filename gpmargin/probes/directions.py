@@ -21,8 +21,10 @@ normalised separately.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -44,6 +46,30 @@ def model_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def get_weights(model: torch.nn.Module) -> list[torch.Tensor]:
     """Detached copies of the model's parameters (a point ``theta`` in parameter space)."""
     return [p.detach().clone() for p in model_parameters(model)]
+
+
+@contextlib.contextmanager
+def buffers_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Restore the model's buffers (BatchNorm running statistics, ...) on exit: a probe
+    evaluates the model in the mode it is in (``train()`` or ``eval()``) and leaves it, buffers
+    as well as parameters, as it found it."""
+    saved = [b.detach().clone() for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(model.buffers(), saved):
+                b.copy_(s)
+
+
+def keeps_buffers(fn):
+    """Decorator of a probe ``fn(model, ...)``: see :func:`buffers_kept`."""
+    @functools.wraps(fn)
+    def probe(model, *args, **kwargs):
+        with buffers_kept(model):
+            return fn(model, *args, **kwargs)
+
+    return probe
 
 
 @torch.no_grad()

@@ -3,8 +3,9 @@
 Li et al. 2018 (*Visualizing the loss landscape of neural nets*) and Huang et al. 2020
 (*Understanding generalization through visualizations*).  Every function takes any
 ``torch.nn.Module``, a per-example loss ``loss_fn(outputs, targets) -> (n,)`` (e.g.
-``torch.nn.functional.cross_entropy(..., reduction="none")``) and data ``(x, y)``; the model's
-parameters are restored before the function returns.
+``torch.nn.functional.cross_entropy(..., reduction="none")``) and data ``(x, y)``, evaluates the
+model in the mode it is in, and restores its parameters and buffers (BatchNorm running
+statistics) before it returns.
 
 Slices        ``L(theta + a d)`` (1-D) and ``L(theta + a d1 + b d2)`` (2-D) on a grid, with ``d``
               filter-normalised (:mod:`gpmargin.probes.directions`); train and optionally test
@@ -39,6 +40,7 @@ from gpmargin.probes.directions import (
     filter_normalize,
     get_weights,
     is_weight,
+    keeps_buffers,
     norm,
     random_direction,
     row_norms,
@@ -58,6 +60,7 @@ def _check_data(data: Any, name: str = "data") -> tuple[torch.Tensor, torch.Tens
     return x, y
 
 
+@keeps_buffers
 def per_example_losses(model: torch.nn.Module, loss_fn: LossFn, data: Data, chunk: int = 4096) -> torch.Tensor:
     """``loss_fn(model(x), y)`` as a float64 CPU vector ``(n,)``, evaluated in chunks without gradients."""
     x, y = _check_data(data)
@@ -72,6 +75,7 @@ def per_example_losses(model: torch.nn.Module, loss_fn: LossFn, data: Data, chun
     return torch.cat(out)
 
 
+@keeps_buffers
 def evaluate(model: torch.nn.Module, loss_fn: LossFn, data: Data, chunk: int = 4096) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` on ``data``; a non-finite loss becomes NaN."""
     from gpmargin.measures import accuracy
@@ -107,6 +111,7 @@ def _coefficients(c: Any, name: str) -> np.ndarray:
     return a
 
 
+@keeps_buffers
 def slice_1d(model: torch.nn.Module, loss_fn: LossFn, train: Data, direction: Sequence[torch.Tensor] | None = None,
              coefficients: Any = np.linspace(-1.0, 1.0, 21), test: Data | None = None, seed: int = 0,
              progress: bool = False) -> dict[str, Any]:
@@ -134,6 +139,7 @@ def _along_line(model, base, direction, coefficients, loss_fn, train, test, prog
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
+@keeps_buffers
 def slice_2d(model: torch.nn.Module, loss_fn: LossFn, train: Data,
              directions: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]] | None = None,
              coefficients: Any = np.linspace(-1.0, 1.0, 11), test: Data | None = None, seed: int = 0,
@@ -158,6 +164,7 @@ def slice_2d(model: torch.nn.Module, loss_fn: LossFn, train: Data,
     return {"coefficients": a, **grid}
 
 
+@keeps_buffers
 def interpolate(model: torch.nn.Module, theta_a: Sequence[torch.Tensor], theta_b: Sequence[torch.Tensor],
                 loss_fn: LossFn, train: Data, coefficients: Any = np.linspace(-0.5, 1.5, 21),
                 test: Data | None = None, progress: bool = False) -> dict[str, Any]:
@@ -177,6 +184,7 @@ def _log_ball_volume(dim: int) -> float:
     return 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim + 1.0)
 
 
+@keeps_buffers
 def basin_radius(model: torch.nn.Module, loss_fn: LossFn, train: Data, threshold: float, n_directions: int = 20,
                  max_radius: float = 2.0, grid: int = 8, bisections: int = 8, seed: int = 0,
                  progress: bool = False) -> dict[str, Any]:
@@ -249,6 +257,7 @@ def _project(delta: list[torch.Tensor], theta: list[torch.Tensor], rho: float, b
     return out
 
 
+@keeps_buffers
 def sharpness(model: torch.nn.Module, loss_fn: LossFn, train: Data, rho: float = 0.05, kind: str = "average",
               n_samples: int = 10, ascent_steps: int = 10, seed: int = 0) -> dict[str, Any]:
     """Loss increase over the filter-normalised ball ``B_rho`` (module docstring).
