@@ -1,5 +1,6 @@
-"""Every ```python block of README.md runs as written: each in a fresh namespace, in an empty
-folder, with the test data (``GPMARGIN_DATA``, set by conftest) and no display.
+"""Every ```python block of README.md and of the guides (``docs/guide/*.md``) runs as written:
+each in a fresh namespace, in an empty folder, with the test data (``GPMARGIN_DATA``, set by
+conftest) and no display.
 
 A snippet that needs a name defines it; a slow snippet is made smaller in the README, not here.
 """
@@ -22,12 +23,17 @@ def readme_snippets(path: Path = REPO / "README.md") -> list[tuple[int, str]]:
     return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in BLOCK.finditer(text)]
 
 
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs" / "guide").glob("*.md"))]
+SNIPPETS = [(path.relative_to(REPO).as_posix(), line, code) for path in DOCUMENTS for line, code in readme_snippets(path)]
+
+
 def test_readme_has_python_snippets():
-    assert len(readme_snippets()) >= 3
+    assert len(readme_snippets()) >= 2 and len(SNIPPETS) >= 10
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200  # guides hold the rest
 
 
-@pytest.mark.parametrize("line,code", readme_snippets(), ids=lambda v: f"README.md:{v}" if isinstance(v, int) else "")
-def test_readme_snippet_runs(line, code, tmp_path, monkeypatch, mnist_test):
+@pytest.mark.parametrize("where,line,code", SNIPPETS, ids=[f"{w}:{n}" for w, n, _ in SNIPPETS])
+def test_readme_snippet_runs(where, line, code, tmp_path, monkeypatch, mnist_test):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,5 +42,5 @@ def test_readme_snippet_runs(line, code, tmp_path, monkeypatch, mnist_test):
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # data substitutions etc. are shown to users, not errors here
-        exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
+        exec(compile(code, f"{where}:{line}", "exec"), {"__name__": "__readme__"})
     plt.close("all")
