@@ -21,6 +21,17 @@ if "GPMARGIN_DATA" not in os.environ and _SHARED.is_dir():
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    its small tiles or networks are too small for two threads; on a busy 2-core machine a second
+    thread only waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _load_or_skip(name: str, split: str):
     from gpmargin.data import load
     from gpmargin.errors import DataError

@@ -28,13 +28,7 @@ TILE = 64
 N, M = 300, 150
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tiles: a second torch thread only waits on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tiles: see conftest
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from gpmargin.distributed import compute_kernel_store, open_store
 from gpmargin.distributed.store import KernelStore
@@ -31,14 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 TILE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiles of 64 are too small for two torch threads; on a busy 2-core machine a second
-    thread only waits (10x slower measured), so these tests run on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tiles: see conftest
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ N, M = 300, 150
 DATA = ["--dataset", "mnist", "--task", "parity", "--n-train", str(N), "--n-test", str(M), "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tiles: a second torch thread only waits on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tiles: see conftest
 
 
 @pytest.fixture(scope="module")

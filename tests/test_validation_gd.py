@@ -10,19 +10,13 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from gpmargin.errors import GpmarginError
 from validation.compare import compare, gap_statistics
 from validation.experiments import get_experiment, trained_time
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tiles: see conftest
 
 
 @pytest.fixture(scope="module")

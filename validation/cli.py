@@ -12,7 +12,7 @@ import argparse
 import time
 
 from gpmargin.distributed.cluster import add_execution_arguments
-from validation.experiments import EXPERIMENTS, SCALES
+from validation.experiments import SCALES
 from gpmargin.io import path_argument
 
 

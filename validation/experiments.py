@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np

@@ -13,7 +13,6 @@ Written in the results folder as ``<experiment>-<file>`` (``large_batch-comparis
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
