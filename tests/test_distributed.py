@@ -73,6 +73,7 @@ def _by_unit(recs: list[dict]) -> dict:
     return {(r["margin"], r["seed"]): _what(r) for r in recs}
 
 
+@pytest.mark.slow
 def test_distributed_sweep_equals_in_process(config, reference, cluster, tmp_path):
     ref_out, ref = reference
     with _runner(cluster) as runner:
@@ -99,6 +100,7 @@ def test_distributed_sweep_equals_in_process(config, reference, cluster, tmp_pat
     assert _by_unit(resumed) == _by_unit(ref)
 
 
+@pytest.mark.slow
 def test_worker_sigkilled_mid_unit_loses_nothing(config, reference, cluster, tmp_path):
     out = tmp_path / "s"
     runs = runs_path(config, out)
@@ -150,6 +152,7 @@ def _cli(*args, env=None, **kw):
                           text=True, timeout=240, **kw)
 
 
+@pytest.mark.slow
 def test_client_killed_then_rerun_resumes(mnist_test, tmp_path):
     import psutil
 
@@ -185,6 +188,7 @@ def test_client_killed_then_rerun_resumes(mnist_test, tmp_path):
     assert f"sweep: 4 unit(s)" in r.stdout
 
 
+@pytest.mark.slow
 def test_bad_scheduler_and_execution_options(tmp_path, mnist_test):  # the CLI loads MNIST first
     t0 = time.perf_counter()
     with pytest.raises(GpmarginError, match=r"no Dask scheduler answered at --scheduler tcp://127.0.0.1:9 within 1 s"):
@@ -262,6 +266,7 @@ KERNEL_CLI = ["kernel", "--dataset", "mnist", "--task", "parity", "--n-train", "
               "--threads", "1", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_kernel_cli_on_dask_workers_and_a_scheduler(cluster, mnist_test, tmp_path):
     """`gpmargin kernel --workers 1` (its own local cluster) and `--scheduler ADDRESS` (the
     module's live cluster) give the store of the in-process run."""

@@ -141,6 +141,7 @@ def test_a_diverged_large_batch_run_is_recorded_as_diverged(fashion_train, tmp_p
 
 
 # -- paths ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_out_with_a_tilde_after_equals_is_one_folder(tmp_path, monkeypatch):
     """``--out=~/X``: bash does not expand ``~`` after ``=``; the parser does, once, for every
     path option of every command, and a real `predict` writes everything into ``$HOME/X``."""
@@ -214,6 +215,7 @@ def test_inputs_so_small_the_kernel_underflows_name_the_fix():
         margin_curve(paper_mlp(3), t.x_train * 1e-200, t.y_train, t.x_test * 1e-200, t.y_test, (0.1, 1.0))
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_dask_workers_stops_in_seconds_with_one_line(mnist_test, tmp_path):
     """A real SIGINT 8 s into `validate gd --workers 1`: the cluster stops, one line, exit 130,
     and the records written so far are whole."""

@@ -169,6 +169,7 @@ def _cli(*args):
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_unknown_figure_scale_and_list(tmp_path):
     r = _cli("fig99", "--scale", "smoke", "--out", str(tmp_path / "x"))
     assert r.returncode == 2

@@ -256,6 +256,7 @@ def test_no_space_while_writing_a_tile(tmp_path, task, kernel, reference):
         subprocess.run(["umount", str(small)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_store(tmp_path, task, kernel):
     from distributed import Client, LocalCluster
 

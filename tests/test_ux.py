@@ -246,6 +246,7 @@ def test_data_error_leads_with_the_cause_and_is_short(tmp_path, capsys, monkeypa
     assert len(msg.replace(str(tmp_path), "T")) < 600  # was 764 here, and about 1000 with downloads on
 
 
+@pytest.mark.slow
 def test_warnings_have_one_style_in_every_command(tmp_path, mnist_test):
     """validate used to print ``.../sweep.py:48: DataSubstitutionWarning`` with a source line."""
     r = _cli("validate", "fig6", "--scale", "smoke", "--set", "steps=2", "--set", "width=8",
@@ -335,6 +336,7 @@ def test_curve_png_marks_the_half_way_margin_and_carved_splits(tmp_path, mnist_t
 
 
 # ------------------------------------------------------------------------------ install
+@pytest.mark.slow
 def test_neural_tangents_bridge_imports_quietly():
     pytest.importorskip("neural_tangents", reason="neural-tangents oracle (extra 'nt') not installed")
     r = subprocess.run([sys.executable, "-c", "import gpmargin.kernels.nt\nfrom neural_tangents import stax"],

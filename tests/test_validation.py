@@ -160,6 +160,7 @@ def _cli(*args, **kw):
                           text=True, timeout=240, **kw)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(mnist_test, tmp_path):
     out = tmp_path / "run"
     runs = out / ".state" / "validate-fig6" / "runs.jsonl"
@@ -205,6 +206,7 @@ def test_different_config_refused(mnist_test, tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "different config" in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_errors(tmp_path):
     for args, msg in ((["nosuch"], "unknown experiment"), (["fig6", "--scale", "huge"], "unknown scale")):
         r = _cli("validate", *args, "--out", str(tmp_path / "x"))
@@ -254,6 +256,7 @@ def test_config_overrides():
             q.with_overrides([bad])
 
 
+@pytest.mark.slow
 def test_cli_set_overrides(mnist_test, tmp_path):
     out = tmp_path / "run"
     args = ("validate", "fig6", "--scale", "smoke", "--out", str(out), "--device", "cpu", "--no-progress",

@@ -42,7 +42,6 @@ PREDICTIONS: dict[str, tuple[tuple[str, str, bool, str, bool], ...]] = {
             ("ntk_accuracy", "gradient descent, t = ∞", False, "ntk", False),
             ("ntk_time_accuracy", "gradient descent at the trained time", False, "ntk", True)),
 }
-KERNELS = {c[0]: c[2] for c in PREDICTIONS["nngp"]}  # fig6's columns (kept for older callers)
 SHIFT_RANGE = (0.1, 10.0)
 
 

@@ -49,7 +49,7 @@ SQRT2 = math.sqrt(2.0)
 INITS = ("gaussian", "scale")
 
 __all__ = ["MLP", "EnsembleMLP", "EnsembleConvNet", "member_seed", "mlp_shapes", "conv_shapes", "mlp_kernel",
-           "conv_kernel", "init_mlp_weights", "init_conv_weights"]
+           "conv_kernel", "init_mlp_weights"]
 
 
 def _w_stds(shapes: Sequence[tuple[int, ...]], init: str, sigma: float) -> list[float]:
@@ -190,15 +190,6 @@ class EnsembleConvNet(Network):
         self.k, self.n_conv = k, len(channels)
         self.config = dict(k=k, in_shape=list(in_shape), channels=list(channels), width=width,
                            dense_layers=dense_layers, outputs=outputs)
-
-
-def init_conv_weights(seed: int, in_shape, channels=(32, 32), width=512, dense_layers=1, outputs=1,
-                      init="gaussian", sigma=1.0, dtype=torch.float32) -> list[torch.Tensor]:
-    """Initial weights of one conv net drawn from ``torch.Generator().manual_seed(seed)`` (CPU)."""
-    net = Network(conv_kernel(in_shape, channels, width, dense_layers, outputs, init, sigma),
-                  list(channels) + [width] * dense_layers, in_shape=tuple(in_shape), parameterization="standard",
-                  seeds=[seed], stacked=False, outputs=outputs, dtype=dtype)
-    return [w.detach() for w in net.weights]
 
 
 # ----------------------------------------------------------------------------------- sweeps

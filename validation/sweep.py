@@ -20,7 +20,6 @@ holding another config's results is refused.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 from pathlib import Path
@@ -85,10 +84,6 @@ def output_path(config: ExperimentConfig, out: str | os.PathLike, filename: str)
     is named after the experiment (``fig6-comparison.csv``, ``measures-tau.png``, ...), so several
     experiments share ``out``."""
     return Path(out) / f"{config.name}-{filename}"
-
-
-def unit_key(margin: float, seed: int) -> tuple[str, int]:
-    return (repr(float(margin)), int(seed))
 
 
 # ----------------------------------------------------------------------------- one unit
@@ -301,6 +296,3 @@ def records_complete(config: ExperimentConfig, records: list[dict]) -> bool:
     have = {config.unit_key(r) for r in records}
     return all(config.unit_key(u) in have for u in config.units())
 
-
-def isfinite(v) -> bool:
-    return v is not None and math.isfinite(v)
