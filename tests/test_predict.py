@@ -398,7 +398,7 @@ def test_files_and_plot(binary_curve, tmp_path):
 
 
 def test_blocked_training_kernel_equals_the_full_matrix(small, kernel):
-    from gpmargin.predict.posterior import train_kernel
+    from gpmargin.predict.kernel_blocks import train_kernel
 
     x = small[0][:230]
     for kind in ("nngp", "ntk"):

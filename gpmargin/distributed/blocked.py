@@ -290,10 +290,10 @@ def stored_posterior(store, x_train, x_test, targets, *, kind: str = "nngp", ker
     Checks that ``x_train``/``x_test`` (and ``kernel``, when given) are those the store was
     computed for, factorises (or reuses the stored factor of) ``K_XX``, solves for the test
     points in chunks of columns sized by ``memory``, and returns a
-    :class:`~gpmargin.predict.posterior.Posterior` with the same numbers as
+    :class:`~gpmargin.predict.result.Posterior` with the same numbers as
     :func:`~gpmargin.predict.posterior.condition` on the in-memory matrices.
     """
-    from gpmargin.predict.posterior import Posterior, _floor_variance
+    from gpmargin.predict.result import Posterior, floor_variance
 
     ks = store if isinstance(store, KernelStore) else open_store(store)
     ks.check_inputs(x_train, x_test, kernel=kernel, kind=kind)
@@ -316,7 +316,7 @@ def stored_posterior(store, x_train, x_test, targets, *, kind: str = "nngp", ker
                           f"{kind} factor was damaged; discarded the factor and factorised again",
                           RuntimeWarning, stacklevel=2)
     mean = mean[:, 0] if targets.ndim == 1 else mean
-    var = _floor_variance(var, kss, n)
+    var = floor_variance(var, kss, n)
     timings = {"cholesky": t1 - t0, "solve": time.perf_counter() - t1}
     return Posterior(mean, var.sqrt(), jitter, kind, timings)
 

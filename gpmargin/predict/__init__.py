@@ -21,7 +21,9 @@ Building blocks
 posterior                  dispatcher: mu, s (and the joint covariance) for each kind (posterior.py)
 condition / gp_posterior   GP conditioning ("nngp", "ntkgp")                      (posterior.py)
 gradient_descent_posterior gradient-descent training ("ntk"; "nngp" at finite time) (gradient.py)
-sample_posterior           joint draws of the test outputs, for checks            (posterior.py)
+Posterior                  the result: mean, std (and covariance) at alpha = 1     (result.py)
+sample_posterior           joint draws of the test outputs, for checks            (result.py)
+train_kernel               K_XX, exactly symmetric, and the other kernel blocks   (kernel_blocks.py)
 curve_from_posterior       accuracy grid from a computed posterior                (curve.py)
 gpmargin.predict.accuracy  binary and multi-class correctness probabilities       (accuracy.py)
 """
@@ -34,7 +36,8 @@ from gpmargin.predict.curve import (
     margin_curve,
 )
 from gpmargin.predict.gradient import gradient_descent_posterior
-from gpmargin.predict.posterior import Posterior, condition, gp_posterior, posterior, sample_posterior
+from gpmargin.predict.posterior import condition, gp_posterior, posterior
+from gpmargin.predict.result import Posterior, sample_posterior
 
 __all__ = [
     "MarginCurve",

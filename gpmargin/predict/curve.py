@@ -32,7 +32,8 @@ from gpmargin.predict.inputs import (
     check_labels,
     check_margins,
 )
-from gpmargin.predict.posterior import Posterior, check_prediction, posterior
+from gpmargin.predict.posterior import check_prediction, posterior
+from gpmargin.predict.result import Posterior
 
 __all__ = ["MarginCurve", "margin_curve", "curve_from_posterior", "default_margins", "margin_at_fraction"]
 

@@ -42,7 +42,8 @@ import torch
 
 from gpmargin.errors import GpmarginError
 from gpmargin.linalg import cholesky_solve, safe_cholesky
-from gpmargin.predict.posterior import Posterior, _call, _diag, _floor_variance, train_kernel
+from gpmargin.predict.kernel_blocks import kernel_diagonal, kernel_matrix, train_kernel
+from gpmargin.predict.result import Posterior, floor_variance
 
 __all__ = ["gradient_descent_posterior", "TrainFlow", "flow_scale"]
 
@@ -131,7 +132,7 @@ def gradient_descent_posterior(
     timings["factor"] = _time.perf_counter() - t0
 
     tk = _time.perf_counter()
-    kss = _diag(kernel, x_test, "nngp")
+    kss = kernel_diagonal(kernel, x_test, "nngp")
     t_kernel, t_solve = _time.perf_counter() - tk, 0.0
     rows = max(1, min(m, chunk_elements // max(2 * n, 1)))
     bar = None
@@ -145,9 +146,9 @@ def gradient_descent_posterior(
             b = min(m, a + rows)
             tk = _time.perf_counter()
             if both:
-                Kc, Tc = _call(kernel, x_test[a:b], x_train, ("nngp", "ntk"))
+                Kc, Tc = kernel_matrix(kernel, x_test[a:b], x_train, ("nngp", "ntk"))
             else:
-                Kc = Tc = _call(kernel, x_test[a:b], x_train, "nngp")
+                Kc = Tc = kernel_matrix(kernel, x_test[a:b], x_train, "nngp")
             ts = _time.perf_counter()
             t_kernel += ts - tk
             for M in (Kc, Tc) if both else (Kc,):
@@ -175,11 +176,11 @@ def gradient_descent_posterior(
             bar.close()
     single = targets.ndim == 1
     mean = torch.cat(means)
-    var = _floor_variance(torch.cat(vars_), kss, n)
+    var = floor_variance(torch.cat(vars_), kss, n)
     cov = None
     if joint:
         tk = _time.perf_counter()
-        Kss = _call(kernel, x_test, None, "nngp")
+        Kss = kernel_matrix(kernel, x_test, None, "nngp")
         t_kernel += _time.perf_counter() - tk
         B = torch.cat([k[0] for k in keep], dim=1)
         Kc = torch.cat([k[1] for k in keep], dim=0)
@@ -214,7 +215,7 @@ def _train_outputs(flow: TrainFlow, K, Y, both, joint, kind, time, learning_rate
     else:
         cov = flow.decay(torch.eye(n, dtype=torch.float64, device=Y.device), double=True, times_lambda=True)
     cov = 0.5 * (cov + cov.T)
-    var = _floor_variance(cov.diagonal().clone(), K.diagonal(), n)
+    var = floor_variance(cov.diagonal().clone(), K.diagonal(), n)
     cov.diagonal().copy_(var)
     return Posterior(mean, var.sqrt(), flow.jitter, kind, cov=cov if joint else None, time=time, learning_rate=learning_rate)
 

@@ -35,47 +35,18 @@ values) are set to exactly 0: such a test point is determined by the training da
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.linalg import mirror_upper, safe_cholesky
+from gpmargin.linalg import safe_cholesky
+from gpmargin.predict.gradient import gradient_descent_posterior
 from gpmargin.predict.inputs import KINDS, as_tensor, check_kernel, check_kind, check_learning_rate, check_time
+from gpmargin.predict.kernel_blocks import kernel_diagonal, kernel_matrix, train_kernel
+from gpmargin.predict.result import Posterior, floor_variance
+from gpmargin.predict.result import posterior_covariance, sample_posterior  # noqa: F401  (their old home)
 
-__all__ = [
-    "Posterior",
-    "condition",
-    "posterior",
-    "gp_posterior",
-    "train_kernel",
-    "posterior_covariance",
-    "sample_posterior",
-    "KINDS",
-]
-
-
-@dataclass
-class Posterior:
-    """Posterior of the GP at the test points, for margin ``alpha = 1``.
-
-    ``mean`` is (m,) for one output (binary labels) or (m, C) for one output per
-    class; ``std`` (m,) is shared by all outputs.  At margin ``alpha`` the posterior
-    mean is ``alpha * mean`` and the standard deviation is unchanged.
-    ``time`` (None: trained to convergence) and ``learning_rate`` are those of the
-    gradient-descent kinds; ``train`` (gradient-descent kinds only) is the same kind of
-    object for the outputs at the training inputs at that time.
-    """
-
-    mean: torch.Tensor
-    std: torch.Tensor
-    jitter: float
-    kind: str
-    timings: dict[str, float] = field(default_factory=dict)
-    cov: torch.Tensor | None = None  # joint (m, m) covariance, only when requested
-    time: float | None = None
-    learning_rate: float = 1.0
-    train: "Posterior | None" = None
+__all__ = ["condition", "posterior", "gp_posterior", "check_prediction", "KINDS"]
 
 
 def check_prediction(kernel, kind: str, time=None, learning_rate=1.0, *,
@@ -104,12 +75,6 @@ def check_prediction(kernel, kind: str, time=None, learning_rate=1.0, *,
             f"use kind='nngp', the only kind for a kernel without an NTK"
         )
     return kind, time, learning_rate
-
-
-def _floor_variance(var: torch.Tensor, prior_var: torch.Tensor, n: int) -> torch.Tensor:
-    eps = torch.finfo(torch.float64).eps
-    floor = n * eps * prior_var.abs()
-    return torch.where(var > floor, var, torch.zeros_like(var))
 
 
 def condition(
@@ -154,7 +119,7 @@ def condition(
     A = torch.linalg.solve_triangular(L, Ksx.T, upper=False)  # L^-1 K_X*  (n, m)
     mean = A.T @ v
     mean = mean[:, 0] if Y.ndim == 1 else mean
-    var = _floor_variance(kss - (A * A).sum(0), kss, n)
+    var = floor_variance(kss - (A * A).sum(0), kss, n)
     cov = None
     if k_test is not None:
         Kss = as_tensor(k_test, device=Kxx.device, name="k_test")
@@ -163,70 +128,6 @@ def condition(
         cov.diagonal().copy_(var)
     t2 = time.perf_counter()
     return Posterior(mean, var.sqrt(), jitter, kind, {"cholesky": t1 - t0, "solve": t2 - t1}, cov)
-
-
-def _as64(out) -> torch.Tensor:
-    return (out if isinstance(out, torch.Tensor) else torch.as_tensor(out)).to(torch.float64)
-
-
-def _call(kernel, x1, x2, kind):
-    """``kernel(x1, x2, get=kind)`` in float64; a tuple ``kind`` such as ("nngp", "ntk") gives a tuple."""
-    out = kernel(x1, x2, get=kind)
-    return tuple(_as64(o) for o in out) if isinstance(kind, tuple) else _as64(out)
-
-
-def _diag(kernel, x, kind):
-    if hasattr(kernel, "diag"):
-        return _as64(kernel.diag(x, get=kind)).reshape(-1)
-    return torch.diagonal(_call(kernel, x, None, kind)).clone()
-
-
-def train_kernel(kernel, x: torch.Tensor, kind, *, progress: bool = False, block: int = 1536):
-    """``K_XX`` (n, n); a tuple ``kind`` such as ``("nngp", "ntk")`` gives a tuple of matrices
-    from one kernel pass.  For ``n > 2 * block`` it is assembled from the blocks on and above
-    the diagonal and mirrored (about 40% less kernel work for n = 9000, exactly symmetric),
-    with a progress bar over blocks when ``progress``."""
-    multi = isinstance(kind, tuple)
-    label = "+".join(kind) if multi else kind
-    n = x.shape[0]
-    if n <= 2 * block:
-        out = _call(kernel, x, None, kind)
-        for K in out if multi else (out,):
-            if K.shape != (n, n):
-                raise GpmarginError(f"kernel returned shape {tuple(K.shape)} for {n} training inputs")
-            mirror_upper(K)  # exactly symmetric whatever kernel object computed it
-        return out
-    nb = -(-n // block)
-    edges = [round(i * n / nb) for i in range(nb + 1)]
-    Ks = None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=nb * (nb + 1) // 2, desc=f"{label.upper()} kernel (train x train)", unit="block", leave=False)
-    try:
-        for i in range(nb):
-            a, b = edges[i], edges[i + 1]
-            for j in range(i, nb):
-                c, d = edges[j], edges[j + 1]
-                blks = _call(kernel, x[a:b], None if i == j else x[c:d], kind)
-                blks = blks if multi else (blks,)
-                if Ks is None:
-                    Ks = [torch.empty(n, n, dtype=torch.float64, device=blks[0].device) for _ in blks]
-                for K, blk in zip(Ks, blks):
-                    if blk.shape != (b - a, d - c):
-                        raise GpmarginError(f"kernel returned shape {tuple(blk.shape)} for a {b - a} x {d - c} block")
-                    K[a:b, c:d] = blk
-                    if i != j:
-                        K[c:d, a:b] = blk.T
-                    else:
-                        mirror_upper(K[a:b, a:b])
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return tuple(Ks) if multi else Ks[0]
 
 
 def posterior(
@@ -257,8 +158,6 @@ def posterior(
     """
     kind, time, learning_rate = check_prediction(kernel, kind, time, learning_rate)
     if kind == "ntk" or time is not None:
-        from gpmargin.predict.gradient import gradient_descent_posterior
-
         return gradient_descent_posterior(
             kernel, x_train, targets, x_test, kind=kind, time=time, learning_rate=learning_rate,
             joint=joint, progress=progress, chunk_elements=chunk_elements,
@@ -306,7 +205,7 @@ def gp_posterior(
     timings["cholesky"] = time.perf_counter() - t0
 
     t_kernel = time.perf_counter()
-    kss = _diag(kernel, x_test, kind)
+    kss = kernel_diagonal(kernel, x_test, kind)
     t_kernel = time.perf_counter() - t_kernel
     t_solve = 0.0
     rows = max(1, min(m, chunk_elements // max(n, 1)))
@@ -321,7 +220,7 @@ def gp_posterior(
         for a in starts:
             b = min(m, a + rows)
             tk = time.perf_counter()
-            Ksx = _call(kernel, x_test[a:b], x_train, kind)
+            Ksx = kernel_matrix(kernel, x_test[a:b], x_train, kind)
             ts = time.perf_counter()
             t_kernel += ts - tk
             if Ksx.shape != (b - a, n):
@@ -341,11 +240,11 @@ def gp_posterior(
             bar.close()
     mean = torch.cat(means)
     mean = mean[:, 0] if targets.ndim == 1 else mean
-    var = _floor_variance(torch.cat(vars_), kss, n)
+    var = floor_variance(torch.cat(vars_), kss, n)
     cov = None
     if joint:
         tk = time.perf_counter()
-        Kss = _call(kernel, x_test, None, kind)
+        Kss = kernel_matrix(kernel, x_test, None, kind)
         t_kernel += time.perf_counter() - tk
         A = torch.cat(As, dim=1)
         cov = Kss - A.T @ A
@@ -354,40 +253,3 @@ def gp_posterior(
     timings["kernel_test"] = t_kernel
     timings["solve"] = t_solve
     return Posterior(mean, var.sqrt(), jitter, kind, timings, cov)
-
-
-def posterior_covariance(post: Posterior) -> torch.Tensor:
-    """The joint (m, m) posterior covariance of a :class:`Posterior` computed with ``joint=True``."""
-    if post.cov is None:
-        raise GpmarginError("this posterior has no joint covariance; compute it with joint=True")
-    return post.cov
-
-
-def sample_posterior(
-    post: Posterior,
-    margin: float,
-    num_samples: int,
-    *,
-    generator: torch.Generator | None = None,
-    ensemble: int = 1,
-) -> torch.Tensor:
-    """Joint samples of the test outputs of networks trained to ``margin``.
-
-    Draws ``f* ~ N(margin * mean, cov)`` jointly over the test points (independently
-    for each class output), averaged over ``ensemble`` independent draws.  Needs a
-    posterior computed with ``joint=True``.  Returns (num_samples, m) or
-    (num_samples, m, C).  The covariance is factorised with
-    :func:`~gpmargin.linalg.safe_cholesky` (it is PSD but may be singular).
-    """
-    cov = posterior_covariance(post)
-    margin = float(margin)
-    if not (margin > 0 and margin < float("inf")):
-        raise GpmarginError(f"margin must be finite and > 0, got {margin!r}")
-    L, _ = safe_cholesky(cov, warn=False, name="posterior covariance", max_rel_jitter=1e-2)
-    m = cov.shape[0]
-    mean = post.mean if post.mean.ndim == 2 else post.mean[:, None]
-    C = mean.shape[1]
-    eps = torch.randn(num_samples, C, m, dtype=torch.float64, generator=generator).to(cov.device)
-    draws = margin * mean.T[None] + (eps @ L.T) / ensemble**0.5  # (S, C, m)
-    draws = draws.transpose(1, 2)  # (S, m, C)
-    return draws[..., 0] if post.mean.ndim == 1 else draws
