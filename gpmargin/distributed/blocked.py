@@ -326,27 +326,19 @@ def _solve_test_points(ks: KernelStore, kind: str, Y: torch.Tensor, kss: torch.T
     """Posterior means ``(m, C)`` and unfloored variances ``(m,)`` of the test points, in chunks of rows."""
     n, m, dev = ks.n_train, ks.n_test, Y.device
     C = Y.shape[1]
-    rows = max(1, min(m, memory // (8 * n) - 2 * ks.tile_size - C))
-    v, means, vars_ = None, [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from gpmargin.predict.kernel_blocks import TestRowBlocks
 
-        bar = tqdm(total=m, desc=f"{kind.upper()} solves (out of core)", unit="pt", leave=False)
-    try:
-        for a in range(0, m, rows):
-            b = min(m, a + rows)
-            B = torch.from_numpy(ks.cross_rows(kind, a, b)).to(dev).T
-            if v is None:
-                Z = blocked_solve(ks, kind, torch.cat([Y, B], dim=1))
-                v, A = Z[:, :C], Z[:, C:]
-            else:
-                A = blocked_solve(ks, kind, B.contiguous())
-            means.append(A.T @ v)
-            vars_.append(kss[a:b] - (A * A).sum(0))
-            if bar is not None:
-                bar.update(b - a)
-    finally:
-        if bar is not None:
-            bar.close()
+    rows = memory // (8 * n) - 2 * ks.tile_size - C
+    blocks = TestRowBlocks(lambda a, b: torch.from_numpy(ks.cross_rows(kind, a, b)).to(dev), m, n, rows,
+                           progress=progress, desc=f"{kind.upper()} solves (out of core)")
+    v, means, vars_ = None, [], []
+    for a, b, Ksx in blocks:
+        B = Ksx.T
+        if v is None:
+            Z = blocked_solve(ks, kind, torch.cat([Y, B], dim=1))
+            v, A = Z[:, :C], Z[:, C:]
+        else:
+            A = blocked_solve(ks, kind, B.contiguous())
+        means.append(A.T @ v)
+        vars_.append(kss[a:b] - (A * A).sum(0))
     return torch.cat(means), torch.cat(vars_)

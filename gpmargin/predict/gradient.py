@@ -42,7 +42,7 @@ import torch
 
 from gpmargin.errors import GpmarginError
 from gpmargin.linalg import cholesky_solve, safe_cholesky
-from gpmargin.predict.kernel_blocks import kernel_diagonal, kernel_matrix, train_kernel
+from gpmargin.predict.kernel_blocks import TestRowBlocks, kernel_diagonal, kernel_matrix, train_kernel
 from gpmargin.predict.result import Posterior, floor_variance
 
 __all__ = ["gradient_descent_posterior", "TrainFlow", "flow_scale"]
@@ -134,46 +134,28 @@ def gradient_descent_posterior(
     tk = _time.perf_counter()
     kss = kernel_diagonal(kernel, x_test, "nngp")
     t_kernel, t_solve = _time.perf_counter() - tk, 0.0
-    rows = max(1, min(m, chunk_elements // max(2 * n, 1)))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=m, desc=f"{kind.upper()} kernels (test x train)", unit="pt", leave=False)
+    get = ("nngp", "ntk") if both else "nngp"
+    blocks = TestRowBlocks(lambda a, b: kernel_matrix(kernel, x_test[a:b], x_train, get), m, n,
+                           chunk_elements // max(2 * n, 1), progress=progress,
+                           desc=f"{kind.upper()} kernels (test x train)")
     means, vars_, keep = [], [], []
-    try:
-        for a in range(0, m, rows):
-            b = min(m, a + rows)
-            tk = _time.perf_counter()
-            if both:
-                Kc, Tc = kernel_matrix(kernel, x_test[a:b], x_train, ("nngp", "ntk"))
-            else:
-                Kc = Tc = kernel_matrix(kernel, x_test[a:b], x_train, "nngp")
-            ts = _time.perf_counter()
-            t_kernel += ts - tk
-            for M in (Kc, Tc) if both else (Kc,):
-                if M.shape != (b - a, n):
-                    raise GpmarginError(f"kernel returned shape {tuple(M.shape)} for a {b - a} x {n} block")
-                if not bool(torch.isfinite(M).all()):
-                    raise GpmarginError("test kernel values contain NaN or infinity; check the inputs and the kernel")
-            means.append(Tc @ AY)
-            if both:
-                B = flow.apply(Tc.T)  # A Theta_X*   (n, b)
-                var = kss[a:b] + (B * (K @ B)).sum(0) - 2.0 * (B * Kc.T).sum(0)
-                if joint:
-                    keep.append((B, Kc))
-            else:
-                B2 = flow.apply(Kc.T, double=True)  # A(2t) K_X*
-                var = kss[a:b] - (Kc.T * B2).sum(0)
-                if joint:
-                    keep.append((B2, Kc))
-            vars_.append(var)
-            t_solve += _time.perf_counter() - ts
-            if bar is not None:
-                bar.update(b - a)
-    finally:
-        if bar is not None:
-            bar.close()
+    for a, b, block in blocks:
+        ts = _time.perf_counter()
+        Kc, Tc = block if both else (block, block)
+        means.append(Tc @ AY)
+        if both:
+            B = flow.apply(Tc.T)  # A Theta_X*   (n, b)
+            var = kss[a:b] + (B * (K @ B)).sum(0) - 2.0 * (B * Kc.T).sum(0)
+            if joint:
+                keep.append((B, Kc))
+        else:
+            B2 = flow.apply(Kc.T, double=True)  # A(2t) K_X*
+            var = kss[a:b] - (Kc.T * B2).sum(0)
+            if joint:
+                keep.append((B2, Kc))
+        vars_.append(var)
+        t_solve += _time.perf_counter() - ts
+    t_kernel += blocks.seconds
     single = targets.ndim == 1
     mean = torch.cat(means)
     var = floor_variance(torch.cat(vars_), kss, n)

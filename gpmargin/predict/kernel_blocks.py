@@ -9,7 +9,7 @@ import torch
 from gpmargin.errors import GpmarginError
 from gpmargin.linalg import mirror_upper
 
-__all__ = ["kernel_matrix", "kernel_diagonal", "train_kernel"]
+__all__ = ["kernel_matrix", "kernel_diagonal", "train_kernel", "TestRowBlocks"]
 
 
 def _as64(out) -> torch.Tensor:
@@ -75,3 +75,44 @@ def train_kernel(kernel, x: torch.Tensor, kind, *, progress: bool = False, block
         if bar is not None:
             bar.close()
     return tuple(Ks) if multi else Ks[0]
+
+
+class TestRowBlocks:
+    """The test rows in chunks, the one loop of every prediction.
+
+    ``for a, b, block in TestRowBlocks(fetch, m, n, rows):`` yields ``block = fetch(a, b)``, the
+    cross kernel ``K_*X[a:b]`` (a ``(b - a, n)`` tensor, or a tuple of them), checked for shape
+    and finiteness, for ``a = 0, rows, 2 rows, ...``; with ``progress`` a tqdm bar over the test
+    points (``desc``).  ``seconds`` accumulates the time spent in ``fetch``.
+    """
+
+    def __init__(self, fetch, m: int, n: int, rows: int, *, progress: bool = False, desc: str = "test x train"):
+        self.fetch, self.m, self.n, self.rows = fetch, m, n, max(1, min(m, rows))
+        self.progress, self.desc = progress, desc
+        self.seconds = 0.0
+
+    def __iter__(self):
+        import time
+
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.m, desc=self.desc, unit="pt", leave=False)
+        try:
+            for a in range(0, self.m, self.rows):
+                b = min(self.m, a + self.rows)
+                t0 = time.perf_counter()
+                block = self.fetch(a, b)
+                self.seconds += time.perf_counter() - t0
+                for M in block if isinstance(block, tuple) else (block,):
+                    if M.shape != (b - a, self.n):
+                        raise GpmarginError(f"kernel returned shape {tuple(M.shape)} for a {b - a} x {self.n} block")
+                    if not bool(torch.isfinite(M).all()):
+                        raise GpmarginError("test kernel values contain NaN or infinity; check the inputs and the kernel")
+                yield a, b, block
+                if bar is not None:
+                    bar.update(b - a)
+        finally:
+            if bar is not None:
+                bar.close()

@@ -42,7 +42,7 @@ from gpmargin.errors import GpmarginError
 from gpmargin.linalg import safe_cholesky
 from gpmargin.predict.gradient import gradient_descent_posterior
 from gpmargin.predict.inputs import KINDS, as_tensor, check_kernel, check_kind, check_learning_rate, check_time
-from gpmargin.predict.kernel_blocks import kernel_diagonal, kernel_matrix, train_kernel
+from gpmargin.predict.kernel_blocks import TestRowBlocks, kernel_diagonal, kernel_matrix, train_kernel
 from gpmargin.predict.result import Posterior, floor_variance
 from gpmargin.predict.result import posterior_covariance, sample_posterior  # noqa: F401  (their old home)
 
@@ -208,36 +208,18 @@ def gp_posterior(
     kss = kernel_diagonal(kernel, x_test, kind)
     t_kernel = time.perf_counter() - t_kernel
     t_solve = 0.0
-    rows = max(1, min(m, chunk_elements // max(n, 1)))
-    starts = range(0, m, rows)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=m, desc=f"{kind.upper()} kernel (test x train)", unit="pt", leave=False)
+    blocks = TestRowBlocks(lambda a, b: kernel_matrix(kernel, x_test[a:b], x_train, kind), m, n,
+                           chunk_elements // max(n, 1), progress=progress, desc=f"{kind.upper()} kernel (test x train)")
     means, vars_, As = [], [], []
-    try:
-        for a in starts:
-            b = min(m, a + rows)
-            tk = time.perf_counter()
-            Ksx = kernel_matrix(kernel, x_test[a:b], x_train, kind)
-            ts = time.perf_counter()
-            t_kernel += ts - tk
-            if Ksx.shape != (b - a, n):
-                raise GpmarginError(f"kernel returned shape {tuple(Ksx.shape)} for a {b - a} x {n} block")
-            if not bool(torch.isfinite(Ksx).all()):
-                raise GpmarginError("test kernel values contain NaN or infinity; check the inputs and the kernel")
-            A = torch.linalg.solve_triangular(L, Ksx.T, upper=False)  # (n, b-a)
-            means.append(A.T @ v)
-            vars_.append(kss[a:b] - (A * A).sum(0))
-            if joint:
-                As.append(A)
-            t_solve += time.perf_counter() - ts
-            if bar is not None:
-                bar.update(b - a)
-    finally:
-        if bar is not None:
-            bar.close()
+    for a, b, Ksx in blocks:
+        ts = time.perf_counter()
+        A = torch.linalg.solve_triangular(L, Ksx.T, upper=False)  # (n, b-a)
+        means.append(A.T @ v)
+        vars_.append(kss[a:b] - (A * A).sum(0))
+        if joint:
+            As.append(A)
+        t_solve += time.perf_counter() - ts
+    t_kernel += blocks.seconds
     mean = torch.cat(means)
     mean = mean[:, 0] if targets.ndim == 1 else mean
     var = floor_variance(torch.cat(vars_), kss, n)
