@@ -16,6 +16,19 @@ from validation.experiments import SCALES
 from gpmargin.io import path_argument
 
 
+def budget_seconds(text: str) -> float:
+    """``--budget``: a positive, finite number of seconds."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--budget {text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"--budget {text} must be a positive, finite number of seconds")
+    return value
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "validate",
@@ -37,6 +50,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="change one field of the experiment's config, e.g. --set width=2048 --set members=4 "
                         "--set margins=1e-3:1e1:7 (repeatable; recorded in the state folder's config.json and the plot title)")
+    p.add_argument("--budget", type=budget_seconds, default=None, metavar="SECONDS",
+                   help="start no unit that would not finish within SECONDS from now (estimated from the "
+                        "finished units); the sweep stops cleanly and a rerun resumes it")
     p.add_argument("--no-compare", action="store_true", help="only run the sweep")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_execution_arguments(p)
@@ -66,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     task = load_task(config)
     records = run_sweep(config, args.out, args.device, progress=not args.no_progress, task=task,
-                        execution=execution)
+                        execution=execution, budget=args.budget)
     print(f"sweep: {len(records)} unit(s) in {runs_path(config, args.out)} ({time.perf_counter() - t0:.1f} s this run)")
     if not records_complete(config, records):
+        if args.budget is not None:  # stopped by the budget: said so above; the comparison waits for the rest
+            return 0
         raise ValueError("sweep incomplete; rerun the same command to resume")
     if not args.no_compare:
         summary = config.compare(args.out, records, task=task, device=device)

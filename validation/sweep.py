@@ -227,8 +227,14 @@ def _check_memory(config) -> None:
 
 
 def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | torch.device = "auto",
-              progress: bool = True, task=None, execution=None, runner=None) -> list[dict]:
+              progress: bool = True, task=None, execution=None, runner=None,
+              budget: float | None = None) -> list[dict]:
     """Run (or resume) the sweep of ``config`` into ``out``; returns all records of this config.
+
+    ``budget``: seconds from now after which no unit is started that would not finish in time
+    (by the median wall time of the finished units, earlier runs' included): the sweep then stops
+    cleanly, keeps every finished unit and says how many remain; rerunning resumes.  A budget
+    shorter than one unit runs nothing.
 
     ``execution`` (:class:`gpmargin.distributed.Execution`, default in this process) or an open
     ``runner`` (:class:`gpmargin.distributed.UnitRunner`, shared with other work) says where the
@@ -236,7 +242,7 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
     it already (saves loading it again in this process).  Each finished unit is appended to
     ``runs.jsonl`` here, in the client, as it arrives.
     """
-    from gpmargin.distributed import UnitRunner
+    from gpmargin.distributed import Budget, UnitRunner
 
     own = runner is None
     if own:
@@ -255,9 +261,15 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
             dropped = repair_jsonl(runs)
             if dropped:
                 print(f"note: removed {dropped} incomplete line(s) from {runs} left by an interrupted run")
-            done = {config.unit_key(r) for r in read_jsonl(runs) if r.get("config_hash") == h}
+            previous = [r for r in read_jsonl(runs) if r.get("config_hash") == h]
+            done = {config.unit_key(r) for r in previous}
             units = config.units()
             todo = [u for u in units if config.unit_key(u) not in done]
+            clock = None if budget is None else Budget(budget, [r.get("wall_s") for r in previous])
+            if todo and clock is not None and clock.estimate() is not None and clock.estimate() > budget:
+                print(f"budget: {budget:g} s is shorter than one unit (about {clock.estimate():.0f} s from "
+                      f"{len(clock.walls)} finished); nothing run, {len(todo)} of {len(units)} unit(s) remain")
+                todo = []
             if todo:
                 if task is not None:
                     _TASKS[_task_key(config)] = task
@@ -282,10 +294,15 @@ def run_sweep(config: ExperimentConfig, out: str | os.PathLike, device: str | to
                     bar.update(1)
 
                 fns = {key: functools.partial(sweep_unit, config, unit) for key, unit in index.items()}
+                t_start = time.perf_counter()
                 try:
-                    runner.run(fns, finished, label=f"{config.name}-{config.scale}")
+                    left = runner.run(fns, finished, label=f"{config.name}-{config.scale}", budget=clock)
                 finally:
                     bar.close()
+                if left:
+                    print(f"budget: stopped after {time.perf_counter() - t_start:.0f} s of {budget:g} s with "
+                          f"{len(units) - left} of {len(units)} unit(s) done; {left} remain (about "
+                          f"{clock.estimate():.0f} s each); rerun the same command to resume")
     finally:
         if own:
             runner.close()

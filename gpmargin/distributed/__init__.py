@@ -18,9 +18,9 @@ Importing this package imports neither dask nor zarr (only opening a client or a
 """
 
 from gpmargin.distributed.cluster import Execution, default_workers, open_client, slurm_cluster
-from gpmargin.distributed.units import UnitRunner, execute_unit
+from gpmargin.distributed.units import Budget, UnitRunner, execute_unit
 
-__all__ = ["Execution", "UnitRunner", "default_workers", "execute_unit", "open_client", "slurm_cluster",
+__all__ = ["Budget", "Execution", "UnitRunner", "default_workers", "execute_unit", "open_client", "slurm_cluster",
            "compute_kernel_store", "open_store", "KernelStore", "stored_posterior", "blocked_cholesky"]
 
 

@@ -16,6 +16,11 @@ calls ``on_result(key, result, meta)`` in the client process for each one (the c
 mid-unit is replaced by its nanny and the scheduler re-runs the unit elsewhere (up to
 ``ALLOWED_FAILURES`` deaths per unit); an exception inside a unit is not retried (units are
 deterministic: it would fail again) and cancels the rest of the batch.
+
+With a :class:`Budget` (``--budget SECONDS``) a unit is started only when, by the median wall
+time of the units finished so far (this run's and earlier runs' of the same config), it would end
+before the deadline; on Dask at most one unit per worker thread is in flight, so the budget
+decides each start.  Finished units are kept; the rest are left for the next run.
 """
 
 from __future__ import annotations
@@ -33,6 +38,37 @@ from gpmargin.errors import GpmarginError
 
 Unit = Callable[[Any], Any]
 OnResult = Callable[[str, Any, dict], None]
+
+
+class Budget:
+    """A wall-clock budget of ``seconds`` from now for starting units.
+
+    ``history``: wall times (s) of units of the same work finished before (e.g. ``wall_s`` of the
+    records already in ``runs.jsonl``); each finished unit adds its own (:meth:`record`)."""
+
+    def __init__(self, seconds: float, history=()):
+        self.seconds = float(seconds)
+        self.deadline = time.monotonic() + self.seconds
+        self.walls = [float(w) for w in history if w is not None and w > 0]
+
+    def estimate(self) -> float | None:
+        """Median wall time of one unit, or None before any unit has finished."""
+        if not self.walls:
+            return None
+        w = sorted(self.walls)
+        mid = len(w) // 2
+        return w[mid] if len(w) % 2 else 0.5 * (w[mid - 1] + w[mid])
+
+    def allows(self) -> bool:
+        """Whether a unit started now would finish in time (always, without an estimate yet)."""
+        est = self.estimate()
+        return time.monotonic() + (est or 0.0) <= self.deadline
+
+    def record(self, wall: float) -> None:
+        self.walls.append(float(wall))
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
 
 
 def execute_unit(fn: Unit, device: str = "auto", threads: int = 1) -> tuple[Any, dict[str, Any]]:
@@ -112,40 +148,57 @@ class UnitRunner:
             self._opened = True
         return self._client
 
-    def run(self, units: Mapping[str, Unit], on_result: OnResult, label: str = "unit") -> None:
-        """Run every unit of ``units`` (key -> ``fn(device)``); ``on_result(key, result, meta)`` is
-        called in this process as each finishes (in completion order on a cluster, in order here)."""
+    def run(self, units: Mapping[str, Unit], on_result: OnResult, label: str = "unit",
+            budget: Budget | None = None) -> int:
+        """Run the units of ``units`` (key -> ``fn(device)``); ``on_result(key, result, meta)`` is
+        called in this process as each finishes (in completion order on a cluster, in order here).
+        Returns how many units were not started because ``budget`` ran out (0 without one)."""
         if not units:
-            return
+            return 0
         client = self.client(len(units))
         threads = self.execution.threads
+        queue = list(units.items())
         if client is None:
-            for key, fn in units.items():
+            for i, (key, fn) in enumerate(queue):
+                if budget is not None and not budget.allows():
+                    return len(queue) - i
                 result, meta = execute_unit(fn, self.device, threads)
+                if budget is not None:
+                    budget.record(meta["wall_s"])
                 on_result(key, result, {**meta, "execution": self.describe()})
-            return
+            return 0
         from distributed import as_completed
 
         tag = uuid.uuid4().hex[:8]
-        futures = {}
-        for i, (key, fn) in enumerate(units.items()):
-            fut = client.submit(execute_unit, fn, self.device, threads, key=f"gpmargin-{label}-{tag}-{i}",
-                                pure=False, retries=0)
-            futures[fut] = key
-        pending = set(futures)
+        futures: dict = {}
+        slots = len(queue) if budget is None else max(1, sum(client.nthreads().values()))
+        done = as_completed([], loop=client.loop)
+
+        def submit_more() -> None:
+            while queue and len(futures) < slots and (budget is None or budget.allows()):
+                key, fn = queue.pop(0)
+                fut = client.submit(execute_unit, fn, self.device, threads,
+                                    key=f"gpmargin-{label}-{tag}-{len(units) - len(queue) - 1}", pure=False, retries=0)
+                futures[fut] = key
+                done.add(fut)
+
         try:
             with quiet_dask():
-                for fut in as_completed(list(futures), loop=client.loop):
-                    pending.discard(fut)
-                    key = futures[fut]
+                submit_more()
+                for fut in done:
+                    key = futures.pop(fut)
                     if fut.status == "error":
                         raise _unit_error(label, key, fut)
                     result, meta = fut.result()
                     fut.release()
+                    if budget is not None:
+                        budget.record(meta["wall_s"])
                     on_result(key, result, {**meta, "execution": {**self.describe(), "worker": _worker_of(meta)}})
+                    submit_more()
         finally:
-            if pending:
-                client.cancel(list(pending))
+            if futures:
+                client.cancel(list(futures))
+        return len(queue)
 
 
 def _worker_of(meta: dict) -> str:
