@@ -69,6 +69,7 @@ def worker(lib: str, n: int, repeats: int, device: str) -> dict:
             times.append(time.perf_counter() - t0)
             del out
         peak = (torch.cuda.max_memory_allocated() - x.numel() * 8) if device.startswith("cuda") else _rss_bytes() - base
+        floors = _floors(torch, x, repeats, sync)
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import jax
@@ -100,7 +101,30 @@ def worker(lib: str, n: int, repeats: int, device: str) -> dict:
            "peak_bytes": peak, "output_bytes": 2 * n * n * 8}
     if lib == "nt":
         res["first_call_with_compile_s"] = compile_s
+    else:
+        res.update(floors)
     return res
+
+
+def _floors(torch, x, repeats: int, sync) -> dict:
+    """What this machine needs at the least for the kernel's two kinds of work, measured: the
+    input Gram ``x x^T`` (one float64 matrix product, ``2 n^2 d`` flop; its rate is the GEMM rate)
+    and one elementwise pass over an ``n x n`` float64 matrix (read and write: the memory floor
+    of each of the elementwise updates the layers make)."""
+    n, d = x.shape
+    gram, passes = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        g = x @ x.T
+        sync()
+        gram.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        g.mul_(1.0001)
+        sync()
+        passes.append(time.perf_counter() - t0)
+        del g
+    t_gram = statistics.median(gram)
+    return {"gram_s": t_gram, "gemm_gflops": 2 * n * n * d / t_gram / 1e9, "pass_s": statistics.median(passes)}
 
 
 def measure(lib, n, repeats, device, timeout):
@@ -151,6 +175,11 @@ def main(argv=None):
             print(f"  {name:24s} median {r['median_s']:.3f} s  (runs {times}{extra})  device {r.get('device')}")
             print(f"  {'':24s} peak extra memory {r['peak_bytes'] / 2**20:.0f} MiB = "
                   f"{r['peak_bytes'] / r['output_bytes']:.2f} x the outputs")
+            if "gram_s" in r:
+                print(f"  {'':24s} floor: the input Gram alone {r['gram_s']:.3f} s ({r['gemm_gflops']:.0f} GFLOP/s, "
+                      f"{100 * r['gram_s'] / r['median_s']:.0f}% of the kernel time); one elementwise pass over "
+                      f"an n x n matrix {1000 * r['pass_s']:.1f} ms, so the rest is "
+                      f"{(r['median_s'] - r['gram_s']) / r['pass_s']:.0f} such passes")
         if theirs is not None and "error" not in ours and "error" not in theirs:
             print(f"  speed-up gpmargin vs neural-tangents: {theirs['median_s'] / ours['median_s']:.2f}x")
     return 0
