@@ -11,9 +11,11 @@ Both sides are separate processes timed by wall clock (median of ``--repeats``):
              gpmargin.data.make_task), then plain numpy / scipy: the paper's arc-cosine
              recursion, scipy Cholesky solve, scipy.special.ndtr on the grid.  Writes only
              an .npy of the accuracy grid.
-The two accuracy grids are compared (max abs difference).  Other engineers share the
-machine: the load average is printed before and after each case; timings taken under
-load are not comparable with those on an idle machine.
+The two accuracy grids are compared (max abs difference).  The machine's floors are measured
+beside them: the float64 Cholesky of an ``n_train x n_train`` SPD matrix and the product of the
+``n_test x 784`` and ``784 x n_train`` inputs (the cross Gram), each alone, with their rates.
+The load average is printed before and after each case (timings are comparable only on an idle
+machine).
 
     .venv/bin/python benchmarks/predict.py [--repeats 3] [--cases A,B]
 """
@@ -100,6 +102,30 @@ def _load() -> str:
         return "load average unavailable"
 
 
+def floors(n_train: int, n_test: int, d: int = 784, repeats: int = 3) -> dict:
+    """Median seconds (and GFLOP/s) of the two dense kernels a prediction cannot avoid: the
+    Cholesky of an ``n_train``-square SPD float64 matrix (``n^3 / 3`` flop) and the cross Gram
+    ``x_test x_train^T`` (``2 n_test n_train d`` flop)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n_train, 256, dtype=torch.float64, generator=g)
+    spd = a @ a.T / 256 + torch.eye(n_train, dtype=torch.float64)
+    xs = torch.randn(n_test, d, dtype=torch.float64, generator=g)
+    xt = torch.randn(n_train, d, dtype=torch.float64, generator=g)
+    chol, gram = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.linalg.cholesky(spd)
+        chol.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        xs @ xt.T
+        gram.append(time.perf_counter() - t0)
+    c, m = statistics.median(chol), statistics.median(gram)
+    return {"cholesky_s": c, "cholesky_gflops": n_train**3 / 3 / c / 1e9,
+            "gram_s": m, "gemm_gflops": 2 * n_test * n_train * d / m / 1e9}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -145,6 +171,11 @@ def main() -> None:
             print(f"  gpmargin predict (whole process): median {m_ours:6.2f} s   runs {', '.join(f'{t:.2f}' for t in ours)}")
             print(f"  numpy reference  (whole process): median {m_ref:6.2f} s   runs {', '.join(f'{t:.2f}' for t in refs)}")
             print(f"  ratio reference / gpmargin: {m_ref / m_ours:.2f}x")
+            f = floors(n_train, n_test)
+            print(f"  floors: Cholesky of the {n_train}^2 matrix alone {f['cholesky_s']:.2f} s "
+                  f"({f['cholesky_gflops']:.0f} GFLOP/s), the {n_test} x {n_train} input Gram alone {f['gram_s']:.2f} s "
+                  f"({f['gemm_gflops']:.0f} GFLOP/s): {100 * (f['cholesky_s'] + f['gram_s']) / m_ours:.0f}% of the "
+                  "gpmargin process")
             print("  gpmargin stages (last run): " + ", ".join(f"{k} {v:.2f}" for k, v in d["timings"].items()))
             print(f"  max |accuracy(gpmargin) - accuracy(reference)| = {np.abs(acc - ref_acc).max():.2e}; "
                   f"limit accuracy {d['limit_accuracy']:.4f}")
