@@ -25,7 +25,7 @@ from gpmargin.errors import GpmarginError
 __all__ = ["mirror_upper", "safe_cholesky", "cholesky_solve", "JitterWarning", "jitter_ladder", "pivot_floor", "factor_ok",
            "warn_jitter", "not_positive_definite"]
 
-def mirror_upper(K: torch.Tensor, block: int = 1024) -> torch.Tensor:
+def mirror_upper(K: torch.Tensor, block: int = 256) -> torch.Tensor:
     """Copy the upper triangle of the square matrix ``K`` onto its lower one, in place, one
     column block at a time: ``K[i, j] = K[j, i]`` for ``i > j``, so ``K`` is exactly symmetric
     (a Gram matrix from a BLAS need not be: its two triangles may round differently)."""
