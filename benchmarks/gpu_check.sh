@@ -11,7 +11,9 @@
 #                 committed runs in paper_figures/results/fig6_paper/ when DEST has none yet.
 # Environment: SCALE (paper), DEVICE (cuda), BENCHMARKS (1; 0 skips them), GPMARGIN_DATA (the
 # carried copy of the data, default ./data), PYTHON (python3).  The CPU test of this script runs
-# SCALE=smoke DEVICE=cpu BENCHMARKS=0.
+# SCALE=smoke DEVICE=cpu BENCHMARKS=0.  It runs from source (PYTHONPATH=.) and needs torch, numpy,
+# scipy, matplotlib, tqdm and threadpoolctl in $PYTHON (no Dask: units run in this process).
+# Through the device tool: copy ../shared/data/mnist into ./data first and name "data" in carry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUDGET="${1:-480}"
