@@ -9,6 +9,7 @@ Several experiments (and figures) can share ``DIR``.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 from gpmargin.distributed.cluster import add_execution_arguments
@@ -18,8 +19,6 @@ from gpmargin.io import path_argument
 
 def budget_seconds(text: str) -> float:
     """``--budget``: a positive, finite number of seconds."""
-    import math
-
     try:
         value = float(text)
     except ValueError:

@@ -34,7 +34,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from gpmargin.errors import GpmarginError
-from validation.fields import Field, check_fields, choice, custom, integer, listed, number, optional, parse_overrides, text
+from validation.fields import Field, check_fields, choice, integer, listed, number, optional, parse_overrides, text
 from validation.train import LOSSES, OPTIMIZERS
 
 SCALES = ("quick", "paper", "smoke")
@@ -193,9 +193,9 @@ ExperimentConfig.FIELDS = {
     "depth": integer(1), "width": integer(1), "optimizer": choice(*OPTIMIZERS), "loss": choice(*LOSSES),
     "lr": POSITIVE, "decay": number(0, 1, above=True), "steps": integer(1), "tol": optional(POSITIVE),
     "dtype": choice("float32", "float64"),
-    "margins": custom(_margins, listed(POSITIVE, empty=True).ok, "LO:HI:N or a comma list of positive finite numbers"),
+    "margins": Field(_margins, listed(POSITIVE, empty=True).ok, "LO:HI:N or a comma list of positive finite numbers"),
     "seeds": listed(integer(0), distinct=True), "members": integer(1),
-    "ensembles": custom(_ensembles, listed(integer(1)).ok, "a comma list of ensemble sizes >= 1 (at most members)"),
+    "ensembles": Field(_ensembles, listed(integer(1)).ok, "a comma list of ensemble sizes >= 1 (at most members)"),
     "gp_kind": choice("nngp", "ntk"),
 }
 

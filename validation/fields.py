@@ -89,10 +89,6 @@ def listed(field: Field, *, distinct: bool = False, empty: bool = False) -> Fiel
     return Field(parse, ok, words + ("" if empty else " (at least one)"))
 
 
-def custom(parse: Callable[[str], Any], ok: Callable[[Any], bool], allowed: str) -> Field:
-    return Field(parse, ok, allowed)
-
-
 def _int(s: str) -> int:
     s = s.strip()
     try:

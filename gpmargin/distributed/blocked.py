@@ -43,6 +43,8 @@ import torch
 
 from gpmargin.distributed.store import DamagedStore, KernelStore, NO_SPACE, no_space_error, open_store
 from gpmargin.errors import GpmarginError
+from gpmargin.predict.kernel_blocks import TestRowBlocks
+from gpmargin.predict.result import Posterior, floor_variance
 from gpmargin.linalg import (
     MAX_REL_JITTER,
     START_REL_JITTER,
@@ -293,8 +295,6 @@ def stored_posterior(store, x_train, x_test, targets, *, kind: str = "nngp", ker
     :class:`~gpmargin.predict.result.Posterior` with the same numbers as
     :func:`~gpmargin.predict.posterior.condition` on the in-memory matrices.
     """
-    from gpmargin.predict.result import Posterior, floor_variance
-
     ks = store if isinstance(store, KernelStore) else open_store(store)
     ks.check_inputs(x_train, x_test, kernel=kernel, kind=kind)
     dev = torch.device(device or "cpu")
@@ -326,8 +326,6 @@ def _solve_test_points(ks: KernelStore, kind: str, Y: torch.Tensor, kss: torch.T
     """Posterior means ``(m, C)`` and unfloored variances ``(m,)`` of the test points, in chunks of rows."""
     n, m, dev = ks.n_train, ks.n_test, Y.device
     C = Y.shape[1]
-    from gpmargin.predict.kernel_blocks import TestRowBlocks
-
     rows = memory // (8 * n) - 2 * ks.tile_size - C
     blocks = TestRowBlocks(lambda a, b: torch.from_numpy(ks.cross_rows(kind, a, b)).to(dev), m, n, rows,
                            progress=progress, desc=f"{kind.upper()} solves (out of core)")

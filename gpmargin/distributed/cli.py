@@ -75,9 +75,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from gpmargin.distributed.tiles import DEFAULT_TILE, compute_kernel_store
     from gpmargin.errors import GpmarginError
-    from gpmargin.predict.cli import _threads, kernel_from_args, load_task
-
     from gpmargin.io import resolve_device
+    from gpmargin.predict.cli import _threads, kernel_from_args, load_task
 
     t_start = time.perf_counter()
     torch.set_num_threads(_threads(args.threads))

@@ -154,10 +154,9 @@ def quiet_dask(level: int = logging.ERROR) -> Iterator[None]:
 def worker_options(workers: int, gpus: int) -> list[dict[str, Any]]:
     """Options of each local worker's nanny: one thread, this host only, no dashboard, an equal
     share of RAM, and with ``gpus`` > 0 ``CUDA_VISIBLE_DEVICES=i mod gpus`` for worker ``i``."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // workers
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        memory = 0  # no limit
+    from gpmargin.io import physical_memory
+
+    memory = (physical_memory() or 0) // workers  # 0: no limit
     out = []
     for i in range(workers):
         # a failed unit reaches the client, which reports it in one line: the worker's own

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -306,11 +307,9 @@ class KernelStore:
         its NaN fill value) or fails its checksum raises :class:`DamagedStore` naming it."""
         arr = self.array(kind, name)
         spans = [range(s.start // c, -(-s.stop // c)) for s, c in zip(sel, arr.chunks)]
-        chunks = list(np.ndindex(*[len(r) for r in spans]))
-        for pos in chunks:
-            index = tuple(int(r[i]) for r, i in zip(spans, pos))
-            if not self._stored(name, index):
-                continue  # the other triangle of a symmetric kernel or a factor: never written
+        # the chunks it spans that are ever written (not the other triangle of a symmetric kernel or a factor)
+        chunks = [index for index in itertools.product(*spans) if self._stored(name, index)]
+        for index in chunks:
             if not self.chunk_path(kind, name, *index).is_file():
                 raise DamagedStore(self, kind, name, index, "is missing")
         try:
@@ -318,8 +317,7 @@ class KernelStore:
         except ValueError as exc:
             if "checksum" not in str(exc):
                 raise
-        for pos in chunks:  # name the damaged chunk
-            index = tuple(int(r[i]) for r, i in zip(spans, pos))
+        for index in chunks:  # name the damaged chunk
             try:
                 arr[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, arr.chunks))]
             except ValueError:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 from gpmargin.distributed.blocked import discard_factor, verify_factor
 from gpmargin.distributed.store import KINDS, KernelStore, store_config
 from gpmargin.errors import GpmarginError
+from gpmargin.io import physical_memory
 from gpmargin.linalg import mirror_upper
 
 __all__ = ["compute_kernel_store", "DEFAULT_TILE", "check_kinds"]
@@ -105,17 +105,11 @@ def _tile_edge(tile: int, n_train: int, n_test: int, kinds, store) -> int:
     of this machine's memory."""
     edge = max(n_train, n_test)
     if tile >= edge:
-        from gpmargin.distributed.store import CONFIG_NAME
-
         try:
-            import json
-
-            old = int(json.loads((Path(store) / CONFIG_NAME).read_text())["tile"])
-            tile = old if old >= edge else edge
-        except (OSError, ValueError, KeyError, TypeError):
-            tile = edge
-    from gpmargin.io import physical_memory
-
+            old = KernelStore.open(store).tile_size
+        except GpmarginError:  # no store there yet
+            old = 0
+        tile = old if old >= edge else edge
     need = 8 * min(tile, edge) ** 2 * (2 * len(kinds) + 1)
     ram = physical_memory()
     if ram and need > ram / 2:

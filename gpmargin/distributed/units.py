@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import statistics
 import time
 import uuid
 import warnings
@@ -47,17 +48,12 @@ class Budget:
     records already in ``runs.jsonl``); each finished unit adds its own (:meth:`record`)."""
 
     def __init__(self, seconds: float, history=()):
-        self.seconds = float(seconds)
-        self.deadline = time.monotonic() + self.seconds
+        self.deadline = time.monotonic() + float(seconds)
         self.walls = [float(w) for w in history if w is not None and w > 0]
 
     def estimate(self) -> float | None:
         """Median wall time of one unit, or None before any unit has finished."""
-        if not self.walls:
-            return None
-        w = sorted(self.walls)
-        mid = len(w) // 2
-        return w[mid] if len(w) % 2 else 0.5 * (w[mid - 1] + w[mid])
+        return statistics.median(self.walls) if self.walls else None
 
     def allows(self) -> bool:
         """Whether a unit started now would finish in time (always, without an estimate yet)."""
@@ -66,9 +62,6 @@ class Budget:
 
     def record(self, wall: float) -> None:
         self.walls.append(float(wall))
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
 
 
 def execute_unit(fn: Unit, device: str = "auto", threads: int = 1) -> tuple[Any, dict[str, Any]]:

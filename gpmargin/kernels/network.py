@@ -163,8 +163,7 @@ class Network(nn.Module):
             raise GpmarginError(f"x has shape {tuple(x.shape)}; this network takes (n, {shape}) inputs{per}")
         n = x.shape[0] if fl.layout == "shared" else x.shape[1]
         if n == 0:  # no examples: no outputs (the layers' reshapes cannot infer a size from nothing)
-            dtype = self.layers[0].weight.dtype if hasattr(self.layers[0], "weight") else x.dtype
-            empty = x.new_zeros((0, *self.out_shape), dtype=dtype)
+            empty = x.new_zeros((0, *self.out_shape), dtype=next(self.parameters()).dtype)
             return empty if self.members is None else empty.expand(k, 0, *self.out_shape)
         for m in self.layers:
             fl = m(fl)

@@ -100,7 +100,7 @@ class GlobalAvgPool(Layer):
             d = st.dist
             same_position = d.reshape(*d.shape[:-4], d.shape[-4] * d.shape[-3], -1).diagonal(dim1=-2, dim2=-1)
             coincide = (same_position == 0).all(-1)
-            st.dist = torch.where(coincide, 0.0, torch.nan).to(d.dtype)
+            st.dist = torch.full(coincide.shape, torch.nan, dtype=d.dtype, device=d.device).masked_fill_(coincide, 0.0)
         st.layout = "vector"
         return st
 

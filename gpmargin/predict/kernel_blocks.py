@@ -4,6 +4,8 @@ has one)."""
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from gpmargin.errors import GpmarginError
@@ -92,8 +94,6 @@ class TestRowBlocks:
         self.seconds = 0.0
 
     def __iter__(self):
-        import time
-
         bar = None
         if self.progress:
             from tqdm.auto import tqdm

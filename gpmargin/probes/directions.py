@@ -52,14 +52,23 @@ def get_weights(model: torch.nn.Module) -> list[torch.Tensor]:
 def buffers_kept(model: torch.nn.Module) -> Iterator[None]:
     """Restore the model's buffers (BatchNorm running statistics, ...) on exit: a probe
     evaluates the model in the mode it is in (``train()`` or ``eval()``) and leaves it, buffers
-    as well as parameters, as it found it."""
+    as well as parameters, as it found it.  Nested blocks on one model (a probe evaluating the
+    loss many times) save the buffers once, in the outermost."""
+    if id(model) in _KEEPING:
+        yield
+        return
     saved = [b.detach().clone() for b in model.buffers()]
+    _KEEPING.add(id(model))
     try:
         yield
     finally:
+        _KEEPING.discard(id(model))
         with torch.no_grad():
             for b, s in zip(model.buffers(), saved):
                 b.copy_(s)
+
+
+_KEEPING: set[int] = set()  # ids of the models whose buffers an enclosing buffers_kept restores
 
 
 def keeps_buffers(fn):
