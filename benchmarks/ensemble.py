@@ -32,9 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from validation.models import MLP, EnsembleMLP, member_seed, mlp_shapes  # noqa: E402
-from validation.sweep import resolve_device  # noqa: E402
-from validation.train import make_optimizer, margin_targets, per_network_loss  # noqa: E402
+from validation.training.models import MLP, EnsembleMLP, member_seed, mlp_shapes  # noqa: E402
+from gpmargin.io import resolve_device  # noqa: E402
+from validation.training.fullbatch import make_optimizer  # noqa: E402
+from validation.training.losses import margin_targets, per_network_loss  # noqa: E402
 
 
 def data(n: int, device):

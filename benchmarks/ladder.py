@@ -2,7 +2,7 @@
 
     python benchmarks/ladder.py --n 5000 10000 20000                      # in memory + store, NT kernel at >= 10k
     python benchmarks/ladder.py --n 60000 --paths store --store-root /work/ladder_store \\
-        --curve-out paper_figures/results/fashion_mnist_60k               # resumable: rerun to continue
+        --curve-out paper_figures/results/predict_fashion_mnist_60k               # resumable: rerun to continue
     python benchmarks/ladder.py --plot                                    # table + figure from the records
 
 For each training-set size ``n`` (the first ``n`` of a seed-0 shuffle of Fashion-MNIST's 60,000

@@ -46,24 +46,29 @@ def dtype_of(name: str) -> torch.dtype:
 def mlp_weights(k: int, in_dim: int, depth: int, width: int, outputs: int, seed: int, *, init: str = "gaussian",
                 sigmas: Sequence[float] | None = None, gain: float = 1.0,
                 dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """Stacked initial weights ``(k, out, in)`` per layer; member ``j`` uses ``member_seed(seed, j)``.
+    """Stacked initial weights ``(k, out, in)`` per layer of ``k`` paper MLPs, member ``j`` seeded
+    ``member_seed(seed, j)``: the finite networks of their kernel (:class:`~validation.training.models.EnsembleMLP`).
 
-    ``init="scale"`` with ``sigmas[j]``: member ``j``'s first layer is N(0, sigmas[j]^2) (Fig 5a).
+    ``init="scale"`` with ``sigmas[j]``: member ``j``'s first layer is N(0, sigmas[j]^2) (Fig 5a);
+    members with different ``sigmas`` are networks of different kernels, so each is built alone
+    (the same weights as member ``j`` of an ensemble with that sigma).
     ``gain`` multiplies every weight (``TORCH_DEFAULT_GAIN`` for the SGD figures).
     """
-    from validation.models import init_mlp_weights, member_seed
+    from validation.training.models import MLP, EnsembleMLP, member_seed
 
-    members = []
-    for j in range(k):
-        sigma = 1.0 if sigmas is None else float(sigmas[j])
-        ws = init_mlp_weights(member_seed(seed, j), in_dim, depth, width, outputs, init, sigma, dtype)
-        members.append([w * gain if gain != 1.0 else w for w in ws])
-    return [torch.stack([m[i] for m in members]) for i in range(depth)]
+    if sigmas is None:
+        ws = [w.detach() for w in EnsembleMLP(k, in_dim, depth, width, outputs, seed=seed, init=init,
+                                              dtype=dtype).weights]
+    else:
+        nets = [MLP(in_dim, depth, width, outputs, seed=member_seed(seed, j), init=init, sigma=float(sigmas[j]),
+                    dtype=dtype) for j in range(k)]
+        ws = [torch.stack([net.weights[i].detach() for net in nets]) for i in range(depth)]
+    return [w * gain for w in ws] if gain != 1.0 else ws
 
 
 def per_member_targets(y: torch.Tensor, alphas: Sequence[float], num_classes: int | None) -> torch.Tensor:
     """``(k, n, c)`` targets ``alphas[j] * Y`` (one-hot or +-1)."""
-    from validation.train import margin_targets
+    from validation.training.losses import margin_targets
 
     return torch.stack([margin_targets(y, float(a), num_classes) for a in alphas])
 
@@ -84,8 +89,8 @@ def train_mlp_group(x_train: torch.Tensor, targets: torch.Tensor, *, depth: int,
     Returns ``(model, init_weights, train_result)``; ``init_weights`` are the weights after the
     optimiser was built (Nero with constraints projects them), i.e. where training started.
     """
-    from validation.models import EnsembleMLP
-    from validation.train import make_optimizer, train
+    from validation.training.models import EnsembleMLP
+    from validation.training.fullbatch import make_optimizer, train
 
     dt = dtype_of(dtype)
     k = targets.shape[0]
@@ -133,26 +138,17 @@ def relative_errors(f_tr: torch.Tensor, targets: torch.Tensor) -> list[float]:
 
 
 def gp_predictor(depth: int, t, *, constrained: bool = False, kind: str = "nngp", y_train=None, device=None):
-    """``predict(margins) -> MarginCurve`` (margins sorted, accuracy ``(1, len(margins))``): exact
-    predicted test accuracy of one network of the
-    depth-``depth`` paper MLP (``kind``: ``"nngp"`` posterior or ``"ntk"`` gradient descent to
-    convergence), from one posterior.  ``y_train`` overrides the task's training labels."""
+    """The :class:`gpmargin.predict.MarginPredictor` of one network of the depth-``depth`` paper MLP
+    on task ``t`` (``kind``: ``"nngp"`` posterior or ``"ntk"`` gradient descent to convergence):
+    ``.curve(margins)``, ``.accuracy(margins)`` from one posterior.  ``y_train`` overrides the
+    task's training labels."""
     from gpmargin.kernels import paper_mlp
-    from gpmargin.predict import curve_from_posterior, posterior
-    from gpmargin.predict.inputs import check_labels
+    from gpmargin.predict import MarginPredictor
 
-    x_tr, x_te = t.x_train, t.x_test
-    if device is not None:
-        x_tr, x_te = x_tr.to(device), x_te.to(device)
     y_tr = t.y_train if y_train is None else y_train
     nc = None if y_tr.is_floating_point() else int(t.num_classes)
-    lab = check_labels(y_tr.to(x_tr.device), t.y_test.to(x_tr.device), num_classes=nc)
-    post = posterior(paper_mlp(depth, constrained=constrained), x_tr.double(), lab.targets(), x_te.double(), kind=kind)
-
-    def predict(margins):
-        return curve_from_posterior(post, lab.y_test, [float(a) for a in margins], (1,), num_classes=lab.num_classes)
-
-    return predict
+    return MarginPredictor(paper_mlp(depth, constrained=constrained), t.x_train, y_tr, t.x_test, t.y_test, kind=kind,
+                           num_classes=nc, device=device)
 
 
 def gp_curve(depth: int, t, margins: Sequence[float], *, constrained: bool, kind: str = "nngp", y_train=None,
@@ -162,24 +158,17 @@ def gp_curve(depth: int, t, margins: Sequence[float], *, constrained: bool, kind
 
     ``y_train`` overrides the task's training labels (e.g. random labels, or clean rows only).
     """
-    curve = gp_predictor(depth, t, constrained=constrained, kind=kind, y_train=y_train, device=device)(margins)
+    curve = gp_predictor(depth, t, constrained=constrained, kind=kind, y_train=y_train, device=device).curve(margins)
     return {"margins": curve.margins.tolist(), "accuracy": [float(v) for v in curve.accuracy[0]],  # sorted
             "limit_accuracy": float(curve.limit_accuracy), "chance": float(curve.chance),
             "kernel": f"paper_mlp(depth={depth}, constrained={constrained})", "kind": kind,
             "jitter": float(curve.jitter)}
 
 
-def _in_order(curve, margins) -> np.ndarray:
-    """A curve's accuracies (at its sorted margins) in the order of ``margins``."""
-    from validation.compare import in_margin_order
-
-    return in_margin_order(curve.margins, curve.accuracy, margins)
-
-
 def overlay_gaps(nets: Sequence[dict], depth: int, t, predictions: dict[str, dict], device=None) -> dict:
-    """Gap statistics (``validation.compare.gap_statistics``) of single networks ``nets`` (their
+    """Gap statistics (``validation.theory.gaps.gap_statistics``) of single networks ``nets`` (their
     ``value`` is the target margin) against each prediction ``{name: gp_predictor kwargs}``."""
-    from validation.compare import gap_statistics
+    from validation.theory.gaps import gap_statistics
 
     if not nets:
         return {name: None for name in predictions}
@@ -188,7 +177,7 @@ def overlay_gaps(nets: Sequence[dict], depth: int, t, predictions: dict[str, dic
     out = {}
     for name, kw in predictions.items():
         predict = gp_predictor(depth, t, device=device, **kw)
-        out[name] = gap_statistics(margins, (1,), measured, lambda m, p=predict: _in_order(p(m), m))
+        out[name] = gap_statistics(margins, (1,), measured, predict.accuracy)
     return out
 
 

@@ -2,10 +2,10 @@
 normalized margin, next to the NNGP prediction, drawn as in the paper: an NN panel (one curve per
 ensemble size), a GP panel (the same from the NNGP) and their overlay.
 
-This reuses the validation harness: the sweep is ``validation.sweep.run_sweep`` on the
-``validation.experiments.fig6`` experiment (resumable in ``DIR/sweep/``), measured accuracies
-come from ``validation.compare.measured_accuracy`` and predictions from
-``validation.compare.predicted_accuracy`` (paper kernel and constrained kernel), on a dense
+This reuses the validation harness: the sweep is ``validation.harness.sweep.run_sweep`` on the
+``fig6`` experiment (``validation.experiments.fig6``; resumable in ``DIR/sweep/``), measured
+accuracies come from ``validation.theory.gaps.measured_accuracy`` and predictions from
+``validation.theory.predictors.predicted_accuracy`` (paper kernel and constrained kernel), on a dense
 margin grid for the GP panel and at the trained margins for the gaps.  The settings per scale are
 validation's (paper: depth 5, width 2048, 1000 images, 20 margins in logspace(-3, 1), ensembles of
 1-16, 3 seeds); ``smoke`` shrinks validation's smoke experiment further (``SMOKE``).
@@ -25,19 +25,19 @@ TITLE = "Fig 6: trained networks vs NNGP across margins and ensemble sizes (MNIS
 CLAIM = ("Test accuracy of trained nets and ensembles rises with the targeted normalized margin much as the NNGP "
          "predicts, and ensembling raises it further.")
 
-SCALES = {"paper": {}, "quick": {}, "smoke": {}}  # validation.experiments.fig6(scale) holds the settings
+SCALES = {"paper": {}, "quick": {}, "smoke": {}}  # the fig6 experiment (validation) holds the settings
 GP_GRID = {"paper": 41, "quick": 25, "smoke": 9}
 SMOKE = dict(n_train=100, n_test=400, width=32, steps=100, margins=(0.01, 3.0), members=2, ensembles=(1, 2))
 
 
 def _experiment(cfg):
-    from validation.experiments import ExperimentConfig
+    from validation.registry import experiment_from_dict
 
-    return ExperimentConfig.from_dict(cfg["experiment"])
+    return experiment_from_dict(cfg["experiment"])
 
 
 def config(scale: str, dataset: str | None = None) -> dict:
-    from validation.experiments import get_experiment
+    from validation.registry import get_experiment
 
     C.check_scale(SCALES, scale, NAME)
     C.no_dataset_option(NAME, dataset, "mnist")
@@ -49,11 +49,11 @@ def config(scale: str, dataset: str | None = None) -> dict:
 
 
 def _sweep(cfg, ctx) -> dict:
-    from validation.compare import measured_accuracy
-    from validation.sweep import load_task, records_complete, run_sweep
+    from validation.harness.sweep import records_complete, run_sweep
+    from validation.theory.gaps import measured_accuracy
 
     exp = _experiment(cfg)
-    task = load_task(exp)
+    task = exp.load_task()
     records = run_sweep(exp, ctx.state / "sweep", ctx.device, progress=ctx.progress, task=task, runner=ctx.runner)
     if not records_complete(exp, records):
         raise ValueError("fig6 sweep incomplete; rerun the same command to resume")
@@ -64,11 +64,10 @@ def _sweep(cfg, ctx) -> dict:
 
 
 def _gp(cfg, device) -> dict:
-    from validation.compare import predicted_accuracy
-    from validation.sweep import load_task
+    from validation.theory.predictors import predicted_accuracy
 
     exp = _experiment(cfg)
-    task = load_task(exp)
+    task = exp.load_task()
     grid = sorted(set(float(m) for m in cfg["gp_margins"]) | set(float(m) for m in exp.margins))
     pred = predicted_accuracy(dataclasses.replace(exp, margins=tuple(grid)), task, device)
     return {"margins": grid, "ensembles": list(exp.ensembles), **{k: v.tolist() for k, v in pred.items()}}
@@ -76,17 +75,18 @@ def _gp(cfg, device) -> dict:
 
 def _gaps(cfg, ctx, sweep) -> dict:
     """validation's gap statistics (mean / max |gap|, where, signed mean, margin-shift factor)."""
-    from validation.compare import gap_statistics, measured_grid, predictors
-    from validation.sweep import load_task
+    from validation.theory.gaps import gap_statistics, measured_grid
+    from validation.theory.predictors import predictors
 
     exp = _experiment(cfg)
     grid = measured_grid(exp, {(r["margin"], r["ensemble"]): r for r in sweep["measured"]})
-    preds = predictors(exp, load_task(exp), ctx.device)
+    preds = predictors(exp, exp.load_task(), ctx.device)
     return {c: gap_statistics(exp.margins, exp.ensembles, grid, p.accuracy) for c, p in preds.items()}
 
 
 def run(cfg, ctx):
-    from validation.compare import columns, comparison_rows
+    from validation.theory.comparison import comparison_rows
+    from validation.theory.predictors import columns
 
     exp = _experiment(cfg)
     sweep = ctx.unit("sweep", lambda: _sweep(cfg, ctx))  # drives the sweep's own units from here

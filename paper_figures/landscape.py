@@ -65,7 +65,7 @@ def _train(cfg, which, device) -> list[torch.Tensor]:
 def _network(cfg, which, ctx):
     """The trained network ``which`` as a single MLP (trained once per folder, then loaded)."""
     from gpmargin.io import atomic_path
-    from validation.models import MLP
+    from validation.training.models import MLP
 
     path = ctx.state / f"net-{which}-{ctx.hash}.pt"
     if path.exists():
@@ -87,7 +87,7 @@ def _data(cfg, t, device):
 
 
 def _loss(cfg, t):
-    from validation.population import ScaledSquareLoss
+    from validation.training.losses import ScaledSquareLoss
 
     return ScaledSquareLoss(cfg["alpha"], t.num_classes)
 

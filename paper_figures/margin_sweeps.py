@@ -16,7 +16,7 @@ saved).  Only networks with train accuracy above ``min_train_accuracy`` (0.9) ar
 
 Overlays: the NNGP posterior of the depth-2 paper kernel, unconstrained and with Nero's
 constraints, and the gradient-descent prediction (``kind="ntk"``, trained to convergence, paper
-kernel), on the same train/test split, each with ``validation.compare.gap_statistics`` against the
+kernel), on the same train/test split, each with ``validation.theory.gaps.gap_statistics`` against the
 nets it is drawn beside.  For the Frobenius axis of Fig 5(d) the
 GP's margin alpha is mapped to ``alpha / prod_l ||W_l||_F`` of a constrained net (each row unit
 norm, so ``prod_l ||W_l||_F = sqrt(width * 10)``): a net fitted to ``alpha * onehot`` has

@@ -2,8 +2,9 @@
 
 For a binary task (labels +-1) with ``n_train = 5`` training and ``n_test = 50`` test images:
 
-1. **Sampled net.** Draw constrained random networks (every weight row of every layer centred to
-   mean zero and scaled to unit norm: the prior Nero trains in) in batches with stacked weights,
+1. **Sampled net.** Draw constrained random networks (the architecture's finite networks,
+   ``kernel.network(...)``, with every weight row of every layer centred to mean zero and scaled to
+   unit norm: the prior Nero trains in) in batches of stacked members,
    and keep those whose sign classifies all 5 training points correctly; a net that gets all 5
    wrong is kept with its output negated (negating the last layer keeps it constrained).
 2. **Trained twin.** A fresh constrained net of the same architecture is trained with Nero (lr
@@ -48,39 +49,34 @@ def _task(cfg, task_name: str, seed: int):
     return C.task(cfg["dataset"], task_name, cfg["n_train"], cfg["n_test"], seed, flatten=cfg["model"] == "mlp")
 
 
-def _shapes(cfg, width: int, in_shape) -> list[tuple[int, ...]]:
-    from validation.models import conv_shapes, mlp_shapes
-
-    if cfg["model"] == "mlp":
-        return mlp_shapes(int(np.prod(in_shape)), cfg["depth"], width, 1)
-    shapes, _ = conv_shapes(in_shape, (width, width), _dense_width(cfg, width), cfg["dense_hidden"], 1)
-    return shapes
-
-
 def _dense_width(cfg, width: int) -> int:
     return int(cfg.get("dense_width") or width)
 
 
-def _model(cfg, width: int, in_shape, weights: list[torch.Tensor]):
-    from validation.models import EnsembleConvNet, EnsembleMLP
-
-    k = weights[0].shape[0]
+def _units(cfg, width: int):
+    """Widths of the network's hidden layers: ``width`` (MLP), or two ``width``-channel convolutions
+    and ``dense_hidden`` dense layers of ``dense_width`` (conv net)."""
     if cfg["model"] == "mlp":
-        return EnsembleMLP(k, int(np.prod(in_shape)), cfg["depth"], width, 1, weights=weights)
-    return EnsembleConvNet(k, in_shape, (width, width), _dense_width(cfg, width), cfg["dense_hidden"], 1,
-                           weights=weights)
+        return width
+    return [width, width] + [_dense_width(cfg, width)] * cfg["dense_hidden"]
 
 
-def _draw(shapes, k: int, gen: torch.Generator, device, dtype) -> list[torch.Tensor]:
-    """``k`` constrained random nets: Gaussian rows, centred and scaled to unit norm."""
-    from validation.nero import project_
+def _constrained_nets(cfg, width: int, in_shape, k: int, seed: int, device, dtype):
+    """``k`` constrained random nets: the architecture's finite networks (``kernel(cfg).network``,
+    member ``j`` seeded ``1000 * seed + j``) with every weight row centred and scaled to unit norm."""
+    from validation.training.nero import project_
 
-    ws = []
-    for s in shapes:
-        w = torch.randn(k, *s, generator=gen, device=device, dtype=dtype)
-        project_(w, batch_dims=1)
-        ws.append(w)
-    return ws
+    net = kernel(cfg, constrained=False).network(_units(cfg, width), in_shape=in_shape, parameterization="standard",
+                                                 members=k, seed=seed, dtype=dtype, device=device)
+    with torch.no_grad():
+        for w in net.weights:
+            project_(w, batch_dims=1)
+    return net
+
+
+def _draw_seed(seed: int, width: int, batch: int, twin: bool) -> int:
+    """The network seed of one batch of draws (independent streams per data seed, width, batch, role)."""
+    return int(np.random.SeedSequence([int(seed), int(width), int(batch), int(twin)]).generate_state(1)[0])
 
 
 def _out(model, x) -> torch.Tensor:
@@ -90,37 +86,35 @@ def _out(model, x) -> torch.Tensor:
 
 def run_width(cfg: dict, task_name: str, seed: int, width: int, device) -> dict:
     """All pairs at one (task, data seed, width): sampled and trained test accuracies."""
-    from validation.train import train
+    from validation.training.fullbatch import train
 
     t = _task(cfg, task_name, seed)
     dt = C.dtype_of(cfg["dtype"])
     in_shape = tuple(t.x_train.shape[1:])
-    shapes = _shapes(cfg, width, in_shape)
     x_tr = t.x_train.to(device=device, dtype=dt)
     x_te = t.x_test.to(device=device, dtype=dt)
     y_tr = t.y_train.to(device=device, dtype=dt)
     y_te = t.y_test.to(device=device, dtype=dt)
-    gen = torch.Generator(device=device).manual_seed(1_000_003 * int(seed) + int(width))
     sampled, trained, rel_err, steps_used = [], [], [], []
-    draws = 0
+    draws, batch = 0, 0
     while len(sampled) < cfg["pairs"] and draws < cfg["max_draws"]:
         k = min(cfg["batch"], cfg["max_draws"] - draws)
-        ws = _draw(shapes, k, gen, device, dt)
-        model = _model(cfg, width, in_shape, ws)
+        model = _constrained_nets(cfg, width, in_shape, k, _draw_seed(seed, width, batch, False), device, dt)
         f_tr, f_te = _out(model, x_tr), _out(model, x_te)
         draws += k
         s = torch.sign(f_tr)
         right = (s == y_tr).all(dim=1)
         wrong = (s == -y_tr).all(dim=1)
         keep = torch.nonzero(right | wrong).flatten()[: cfg["pairs"] - len(sampled)]
-        del model, ws
+        del model
+        batch += 1
         if keep.numel() == 0:
             continue
         flip = torch.where(right[keep], 1.0, -1.0).to(dt)[:, None]
         ft, fe = f_tr[keep] * flip, f_te[keep] * flip
         sampled += ((torch.sign(fe) == y_te).to(torch.float64).mean(1)).tolist()
         # trained twins: fresh constrained nets fitted by Nero to the sampled training outputs
-        twin = _model(cfg, width, in_shape, _draw(shapes, keep.numel(), gen, device, dt)).to(device)
+        twin = _constrained_nets(cfg, width, in_shape, keep.numel(), _draw_seed(seed, width, batch - 1, True), device, dt)
         targets = ft[..., None]
         res = train(twin, x_tr, targets, steps=cfg["max_steps"], lr=cfg["lr"], decay=cfg["decay"], optimizer="nero",
                     tol=cfg["tol"])
@@ -144,12 +138,14 @@ def run_width(cfg: dict, task_name: str, seed: int, width: int, device) -> dict:
     }
 
 
-def kernel(cfg):
+def kernel(cfg, constrained: bool = True):
+    """The architecture of the figure: its kernel (Nero-constrained for the NNGP prediction) and,
+    unconstrained, the kernel whose ``network`` the sampled and trained nets are."""
     from gpmargin.kernels import paper_cnn, paper_mlp
 
     if cfg["model"] == "mlp":
-        return paper_mlp(cfg["depth"], constrained=True)
-    return paper_cnn(depth=cfg["dense_hidden"] + 3, constrained=True)
+        return paper_mlp(cfg["depth"], constrained=constrained)
+    return paper_cnn(depth=cfg["dense_hidden"] + 3, constrained=constrained)
 
 
 def run_gp(cfg: dict, task_name: str, seed: int, device) -> dict:

@@ -39,7 +39,7 @@ def logistic(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _walk(cfg, lr, batch, device) -> dict:
     from gpmargin.probes import sgd_walk
-    from validation.models import MLP
+    from validation.training.models import MLP
 
     t = C.task(cfg["dataset"], "parity", cfg["n_train"], 100, cfg["data_seed"])
     dt = C.dtype_of(cfg["dtype"])

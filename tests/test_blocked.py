@@ -132,7 +132,7 @@ def test_margin_curve_with_kernel_store(store, task, kernel):
     for y_train, y_test in ((task.y_train, task.y_test),
                             (2.0 * (task.y_train % 2) - 1, 2.0 * (task.y_test % 2) - 1)):
         ref = margin_curve(kernel, task.x_train, y_train, task.x_test, y_test, None, (1, 4))
-        got = margin_curve(None, task.x_train, y_train, task.x_test, y_test, ref.margins, (1, 4), kernel_store=store.path)
+        got = margin_curve(None, task.x_train, y_train, task.x_test, y_test, ref.margins, (1, 4), kernel_store=store)
         assert np.abs(got.accuracy - ref.accuracy).max() < 1e-10
         # a fraction of correctly classified test points (sign / argmax of the mean): exact unless
         # a mean lies within round-off of a decision boundary
@@ -140,7 +140,7 @@ def test_margin_curve_with_kernel_store(store, task, kernel):
     other = task.x_test.clone()
     other[0, 0] += 1e-3
     with pytest.raises(GpmarginError, match="other inputs: x_test"):
-        margin_curve(kernel, task.x_train, task.y_train, other, task.y_test, kernel_store=store.path)
+        margin_curve(kernel, task.x_train, task.y_train, other, task.y_test, kernel_store=store)
 
 
 def _accuracies(path):
@@ -164,3 +164,11 @@ def test_predict_cli_with_kernel_store_gives_the_same_curve(tmp_path, mnist_test
     a, b = _accuracies(tmp_path / "plain" / "curve.csv"), _accuracies(tmp_path / "stored" / "curve.csv")
     assert a.shape == b.shape == (41 * 5, 2)
     assert np.abs(a - b).max() < 1e-10
+
+
+def test_kernel_store_is_an_open_store(store, task):
+    """A path is refused in one line that says how to open it; so is a gradient-descent kind."""
+    with pytest.raises(GpmarginError, match=r"is a path: open it first, kernel_store=gpmargin.distributed.open_store"):
+        margin_curve(None, task.x_train, task.y_train, task.x_test, task.y_test, kernel_store=store.path)
+    with pytest.raises(GpmarginError, match="the gradient-descent prediction .* needs the in-memory path"):
+        margin_curve(None, task.x_train, task.y_train, task.x_test, task.y_test, kind="ntk", kernel_store=store)

@@ -27,8 +27,9 @@ from gpmargin.distributed import Execution, UnitRunner
 from gpmargin.distributed.cluster import connect, execution_from_args, local_cluster, open_client, worker_options
 from gpmargin.errors import GpmarginError
 from gpmargin.io import read_jsonl
-from validation.experiments import get_experiment
-from validation.sweep import run_sweep, runs_path, sweep_units
+from validation.registry import get_experiment
+from validation.harness.folders import runs_path
+from validation.harness.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 #: record fields that say where/when a unit ran; everything else must be identical
@@ -78,7 +79,7 @@ def test_distributed_sweep_equals_in_process(config, reference, cluster, tmp_pat
     ref_out, ref = reference
     with _runner(cluster) as runner:
         recs = run_sweep(config, tmp_path / "s", "cpu", progress=False, runner=runner)
-    assert len(recs) == len(ref) == len(sweep_units(config))
+    assert len(recs) == len(ref) == len(config.units())
     # bit-identical: float fields compared with ==, as JSON text
     assert _by_unit(recs) == _by_unit(ref)
     assert {r["execution"]["mode"] for r in recs} == {"dask"}
@@ -126,7 +127,7 @@ def test_worker_sigkilled_mid_unit_loses_nothing(config, reference, cluster, tmp
     lines = runs.read_text().splitlines()
     parsed = [json.loads(line) for line in lines]  # every line is a complete record
     keys = [(r["margin"], r["seed"]) for r in parsed]
-    assert len(keys) == len(set(keys)) == len(sweep_units(config)), "complete, no duplicate unit"
+    assert len(keys) == len(set(keys)) == len(config.units()), "complete, no duplicate unit"
     assert _by_unit(recs) == _by_unit(reference[1]), "the rescheduled unit gives the same numbers"
 
 

@@ -25,7 +25,8 @@ def test_api_reference_builds_without_problems(tmp_path):
     assert problems == []
     pages = {"gpmargin/kernels.html": "paper_cnn", "gpmargin/predict.html": "margin_curve",
              "gpmargin/data.html": "make_task", "gpmargin/measures.html": "spectral",
-             "validation/sweep.html": "run_sweep", "validation/compare.html": "compare"}
+             "validation/harness/sweep.html": "run_sweep", "validation/theory/comparison.html": "compare",
+             "validation/harness/experiment.html": "Experiment"}
     for page, name in pages.items():
         assert name in (tmp_path / page).read_text(), page
 

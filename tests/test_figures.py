@@ -127,12 +127,12 @@ def test_fig9_substitution_is_recorded(smoke_runs, request):
 
 def test_rerun_of_finished_folder_trains_nothing(smoke_runs, request, monkeypatch):
     out, first = smoke_runs("fig10", request)
-    import validation.train
+    import validation.training.fullbatch
 
     def boom(*a, **k):
         raise AssertionError("training ran on a rerun of a finished folder")
 
-    monkeypatch.setattr(validation.train, "train", boom)
+    monkeypatch.setattr(validation.training.fullbatch, "train", boom)
     lines = len(read_jsonl(out / ".state" / "figure-fig10" / "runs.jsonl"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

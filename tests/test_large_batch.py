@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gpmargin.errors import GpmarginError
-from validation.distance import fit_distance
-from validation.ghost_bn import GhostBatchNorm1d
-from validation.schedules import regime_adaptation, sqrt_lr, step_lr
+from validation.training.distance import fit_distance
+from validation.training.ghost_bn import GhostBatchNorm1d
+from validation.training.schedules import regime_adaptation, sqrt_lr, step_lr
 
 
 def _pair(G: int, C: int = 6):

@@ -16,8 +16,9 @@ from gpmargin import measures as M
 def net(mnist_test):
     """A small constrained MLP trained briefly on real MNIST parity, with its initial weights."""
     from gpmargin.data import make_task
-    from validation.models import EnsembleMLP
-    from validation.train import make_optimizer, margin_targets, train
+    from validation.training.models import EnsembleMLP
+    from validation.training.fullbatch import make_optimizer, train
+    from validation.training.losses import margin_targets
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

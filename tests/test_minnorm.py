@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gpmargin.errors import GpmarginError
-from validation.minnorm import Minnorm
+from validation.training.minnorm import Minnorm
 
 
 def _separable_mixture(d: int = 10, n: int = 60, seed: int = 0):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpmargin.errors import GpmarginError
-from validation.nero import Nero, project_
+from validation.training.nero import Nero, project_
 
 
 def _hand_nero(w0, grads, lr, beta=0.999, constrain=False):

@@ -149,7 +149,7 @@ def test_centred_rows_have_zero_mean_and_norm_w_std():
 
 
 def test_validation_models_are_networks_of_the_paper_kernels(digits):
-    from validation.models import EnsembleConvNet, EnsembleMLP
+    from validation.training.models import EnsembleConvNet, EnsembleMLP
 
     x = digits.reshape(6, -1)
     ens = EnsembleMLP(2, 64, 3, 16, 1, seed=5, dtype=torch.float64)
@@ -204,7 +204,8 @@ def test_bad_input_is_one_line_error(call, words):
 
 
 def test_nero_trains_a_network_with_biases(digits):
-    from validation.train import make_optimizer, per_network_loss
+    from validation.training.fullbatch import make_optimizer
+    from validation.training.losses import per_network_loss
 
     x = digits.reshape(6, -1)
     y = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])[:, None]

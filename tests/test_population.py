@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from gpmargin.errors import GpmarginError
-from validation.experiments import get_experiment
-from validation.generalization import analyse, granulated, kendall
-from validation.population import HYPERPARAMETERS, noisy_labels
+from validation.registry import get_experiment
+from validation.experiments.measures import HYPERPARAMETERS, analyse
+from validation.theory.kendall import granulated, kendall
+from validation.training.labels import noisy_labels
 
 
 def test_kendall_and_granulated_tau_by_hand():
@@ -26,8 +27,8 @@ def test_kendall_and_granulated_tau_by_hand():
     hyper = [dict.fromkeys(HYPERPARAMETERS, 0) | {"margin": a, "lr": b} for a in (0, 1) for b in (0, 1)]
     target = np.array([0.0, 2.0, 1.0, 3.0])  # (a, b) = (0,0), (0,1), (1,0), (1,1)
     measure = np.array([1.0, 0.0, 2.0, 1.5])
-    assert granulated(measure, target, hyper, "margin") == pytest.approx(1.0)
-    assert granulated(measure, target, hyper, "lr") == pytest.approx(-1.0)
+    assert granulated(measure, target, hyper, "margin", HYPERPARAMETERS) == pytest.approx(1.0)
+    assert granulated(measure, target, hyper, "lr", HYPERPARAMETERS) == pytest.approx(-1.0)
 
 
 def test_noisy_labels_flip_exactly_the_fraction():
@@ -52,11 +53,11 @@ def test_config_checks_and_overrides():
 
 @pytest.fixture(scope="module")
 def population(tmp_path_factory, mnist_test):
-    from validation.sweep import load_task, run_sweep
+    from validation.harness.sweep import run_sweep
 
     cfg = get_experiment("measures", "smoke").with_overrides(["batch_sizes=120", "steps=10"])
     out = tmp_path_factory.mktemp("measures")
-    task = load_task(cfg)
+    task = cfg.load_task()
     records = run_sweep(cfg, out, "cpu", progress=False, task=task)
     summary = analyse(cfg, out, records, task=task)
     return cfg, out, task, records, summary
@@ -86,8 +87,8 @@ def test_population_records_and_tau_table(population):
 
 
 def test_population_resumes_without_training(population, monkeypatch):
-    import validation.population as P
-    from validation.sweep import run_sweep
+    import validation.experiments.measures as P
+    from validation.harness.sweep import run_sweep
 
     cfg, out, task, records, _ = population
 

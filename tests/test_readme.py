@@ -8,10 +8,14 @@ A snippet that needs a name defines it; a slow snippet is made smaller in the RE
 from __future__ import annotations
 
 import re
+import sys
+import types
 import warnings
 from pathlib import Path
 
 import pytest
+
+from validation.registry import EXPERIMENTS
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
@@ -40,7 +44,14 @@ def test_readme_snippet_runs(where, line, code, tmp_path, monkeypatch, mnist_tes
     import matplotlib.pyplot as plt
 
     monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # data substitutions etc. are shown to users, not errors here
-        exec(compile(code, f"{where}:{line}", "exec"), {"__name__": "__readme__"})
+    script = types.ModuleType("__readme__")  # run as a user's script runs: a module in sys.modules
+    monkeypatch.setitem(sys.modules, script.__name__, script)
+    before = set(EXPERIMENTS)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # data substitutions etc. are shown to users, not errors here
+            exec(compile(code, f"{where}:{line}", "exec"), script.__dict__)
+    finally:
+        for name in set(EXPERIMENTS) - before:  # an experiment a guide registers lives for its snippet
+            EXPERIMENTS.pop(name)
     plt.close("all")

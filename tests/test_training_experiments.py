@@ -9,8 +9,9 @@ import pytest
 
 from gpmargin.errors import GpmarginError
 from gpmargin.io import read_jsonl
-from validation.experiments import get_experiment
-from validation.sweep import records_complete, run_sweep, runs_path
+from validation.registry import get_experiment
+from validation.harness.folders import runs_path
+from validation.harness.sweep import records_complete, run_sweep
 
 
 def test_minnorm_experiment_smoke(tmp_path, mnist_test):
@@ -32,7 +33,7 @@ def test_minnorm_experiment_smoke(tmp_path, mnist_test):
     lines = len(list(read_jsonl(runs_path(config, out))))
     again = run_sweep(config, out, "cpu", progress=False)
     assert len(list(read_jsonl(runs_path(config, out)))) == lines and len(again) == 2
-    summary = config.compare(out, records, device="cpu", verbose=False)
+    summary = config.report(out, records, device="cpu", verbose=False)
     assert {"minnorm", "nero"} == set(summary["arms"])
     for name in ("comparison.csv", "comparison.json", "comparison.png", "support_vectors.png"):
         assert (out / f"minnorm-{name}").stat().st_size > 0
@@ -55,7 +56,7 @@ def test_large_batch_experiment_smoke(tmp_path, fashion_train, fashion_test):
     assert all(b > 0 for b in d["distance"]) and d["fit"]["better"] in ("log", "power")
     m = small["members"][0]
     assert 0.0 <= m["test_accuracy"] <= 1.0 and "spectral_complexity_init_ref" in m
-    summary = config.compare(tmp_path / "lb", records, verbose=False)
+    summary = config.report(tmp_path / "lb", records, verbose=False)
     assert [r["arm"] for r in summary["arms"]] == ["small", "large+sqrt+ghost"]
     assert (tmp_path / "lb" / "large_batch-comparison.png").stat().st_size > 0
 

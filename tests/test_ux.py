@@ -200,8 +200,8 @@ def test_figures_and_experiments_share_a_folder_but_a_changed_config_is_refused(
 
     from paper_figures import get_figure
     from paper_figures.runner import prepare_output as prepare_figure
-    from validation.experiments import get_experiment
-    from validation.sweep import prepare_output as prepare_sweep
+    from validation.registry import get_experiment
+    from validation.harness.folders import prepare_output as prepare_sweep
 
     out = tmp_path / "gallery"
     for name in ("fig1", "fig2", "fig6"):
@@ -209,8 +209,8 @@ def test_figures_and_experiments_share_a_folder_but_a_changed_config_is_refused(
     fig6 = get_experiment("fig6", "smoke")
     state = prepare_sweep(fig6, out)  # an experiment beside the figures, even one also called fig6
     assert state == out / ".state" / "validate-fig6"
-    other = dataclasses.replace(fig6, name="fig6b")
-    assert prepare_sweep(other, out) == out / ".state" / "validate-fig6b"
+    gd = get_experiment("gd", "smoke")  # another experiment: its own state folder
+    assert prepare_sweep(gd, out) == out / ".state" / "validate-gd"
     prepare_figure("fig1", "smoke", get_figure("fig1").config("smoke"), out)  # same config again: fine
     with pytest.raises(GpmarginError) as info:
         prepare_figure("fig1", "quick", get_figure("fig1").config("quick"), out)
@@ -261,7 +261,7 @@ def test_warnings_have_one_style_in_every_command(tmp_path, mnist_test):
 
 def test_messages_name_the_argument_and_value(tmp_path, capsys, monkeypatch):
     from gpmargin.data import make_task
-    from validation.experiments import get_experiment
+    from validation.registry import get_experiment
 
     with pytest.raises(GpmarginError) as info:
         make_task("digits", "parity", n_train=100000)
@@ -281,15 +281,17 @@ def test_comparison_plot_in_points_with_a_legend_outside_the_data(tmp_path, monk
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from validation import compare
-    from validation.experiments import get_experiment
+    from validation.theory.comparison import plot
+    from validation.theory.gaps import gap_statistics
+    from validation.theory.predictors import columns
+    from validation.registry import get_experiment
 
     cfg = get_experiment("fig6", "smoke")
     # measured rows where the GP lines and a measured point sit exactly where the old legend was
     rows = [{"margin": m, "ensemble": k, "nn_accuracy": 0.52 + 0.1 * i, "nn_accuracy_sem": 0.01,
              "gp_accuracy": 0.5 + 0.1 * i, "gp_constrained_accuracy": 0.5 + 0.1 * i, "nn_groups": 1}
             for k in cfg.ensembles for i, m in enumerate(cfg.margins)]
-    cols = compare.columns(cfg)
+    cols = columns(cfg)
     margins, ks = np.array(cfg.margins, dtype=float), list(cfg.ensembles)
     measured = np.array([[r["nn_accuracy"] for r in rows if r["ensemble"] == k] for k in ks])
     pred = {c: np.array([[r[c] for r in rows if r["ensemble"] == k] for k in ks]) for c in cols}
@@ -297,10 +299,10 @@ def test_comparison_plot_in_points_with_a_legend_outside_the_data(tmp_path, monk
     def predictor(p):  # the rows' predictions, linear in log margin between them (for the shift search)
         return lambda m: np.array([np.interp(np.log(m), np.log(margins), row) for row in p])
 
-    gap = {c: compare.gap_statistics(margins, ks, measured, predictor(pred[c])) for c in cols}
+    gap = {c: gap_statistics(margins, ks, measured, predictor(pred[c])) for c in cols}
     figs = []
     monkeypatch.setattr(plt, "close", figs.append)  # keep the drawn figure open to inspect it
-    compare.plot(cfg, rows, tmp_path / "c.png", gap, (margins, pred), {c: c for c in cols})
+    plot(cfg, rows, tmp_path / "c.png", gap, (margins, pred), {c: c for c in cols})
     monkeypatch.undo()
     fig = figs[0]
     assert "2.00 points" in fig._suptitle.get_text()

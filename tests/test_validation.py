@@ -18,10 +18,12 @@ import torch
 
 from gpmargin.errors import GpmarginError
 from gpmargin.io import read_jsonl
-from validation.experiments import ExperimentConfig, get_experiment
-from validation.models import MLP, EnsembleConvNet, EnsembleMLP, member_seed
-from validation.sweep import prepare_output, run_sweep, sweep_units
-from validation.train import margin_targets, train
+from validation.registry import experiment_from_dict, get_experiment
+from validation.training.models import MLP, EnsembleConvNet, EnsembleMLP, member_seed
+from validation.harness.folders import prepare_output
+from validation.harness.sweep import run_sweep
+from validation.training.fullbatch import train
+from validation.training.losses import margin_targets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,7 +139,7 @@ def test_tiny_sweep_accuracy_rises_with_margin(mnist_test, tmp_path):
     again = run_sweep(config, tmp_path / "s", device="cpu", progress=False)
     assert len(read_jsonl(tmp_path / "s" / ".state" / "validate-fig6" / "runs.jsonl")) == len(again) == len(recs)
     # theory vs experiment on the same split
-    from validation.compare import compare
+    from validation.theory.comparison import compare
 
     summary = compare(config, tmp_path / "s", recs, verbose=False)
     lines = (tmp_path / "s" / "fig6-comparison.csv").read_text().splitlines()
@@ -190,8 +192,8 @@ def test_resume_after_sigkill(mnist_test, tmp_path):
     recs = [json.loads(line) for line in lines]  # every line parses: no torn or glued line
     config = get_experiment("fig6", "smoke")
     keys = [(r["margin"], r["seed"]) for r in recs]
-    assert len(keys) == len(set(keys)) == len(sweep_units(config))
-    assert {(m, s) for _, m, s in sweep_units(config)} == set(keys)
+    assert len(keys) == len(set(keys)) == len(config.units())
+    assert {(u["margin"], u["seed"]) for u in config.units()} == set(keys)
 
 
 def test_different_config_refused(mnist_test, tmp_path):
@@ -229,7 +231,7 @@ def test_bad_input_errors(tmp_path):
 def test_config_roundtrip_and_scales():
     for scale in ("smoke", "quick", "paper"):
         c = get_experiment("fig6", scale)
-        assert ExperimentConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+        assert experiment_from_dict(json.loads(json.dumps(c.to_dict()))) == c
         assert c.depth == (3 if scale == "smoke" else 5)
     p = get_experiment("fig6", "paper")
     assert (p.width, p.steps, p.lr, p.decay, len(p.margins), p.ensembles) == (2048, 500, 0.01, 0.99, 20,
@@ -279,7 +281,7 @@ def test_cli_set_overrides(mnist_test, tmp_path):
 
 
 def test_diagnose_with_overrides(mnist_test, tmp_path, capsys):
-    from validation.diagnose import main as diagnose
+    from validation.theory.diagnose import main as diagnose
 
     out = tmp_path / "d.jsonl"
     assert diagnose(["fig6", "--scale", "smoke", "--margins", "0.3", "--set", "width=16", "--set", "members=1",

@@ -1,5 +1,5 @@
 """The ``gd`` experiment (gradient descent against its infinite-width theory) at smoke scale, and
-the gap statistics of validation.compare (mean / max |gap|, where, margin-shift factor)."""
+the gap statistics of validation.theory.gaps (mean / max |gap|, where, margin-shift factor)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from gpmargin.errors import GpmarginError
-from validation.compare import compare, gap_statistics
-from validation.experiments import get_experiment, trained_time
+from validation.theory.comparison import compare
+from validation.theory.gaps import gap_statistics
+from validation.registry import get_experiment
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tiles: see conftest
@@ -57,9 +58,9 @@ def test_margin_shift_recovers_a_known_factor(parity):
 
 def test_trained_time_is_neural_tangents_time():
     c = get_experiment("gd", "quick")
-    assert trained_time(c) == (float(c.steps), c.lr) and c.loss == "half_mse" and c.decay == 1.0
+    assert c.trained_time() == (float(c.steps), c.lr) and c.loss == "half_mse" and c.decay == 1.0
     decayed = dataclasses.replace(c, decay=0.99, steps=100)
-    assert trained_time(decayed)[0] == pytest.approx(sum(0.99**s for s in range(100)), rel=1e-12)
+    assert decayed.trained_time()[0] == pytest.approx(sum(0.99**s for s in range(100)), rel=1e-12)
     with pytest.raises(GpmarginError, match="gp_kind"):
         dataclasses.replace(c, gp_kind="ntkgp")
     with pytest.raises(GpmarginError, match="model=resnet: model must be one of mlp, ntk-mlp"):
@@ -71,7 +72,7 @@ def test_gd_smoke_sweep_against_its_theory(mnist_test, tmp_path):
     gradient descent; their training residual and test accuracy against the predictions."""
     config = dataclasses.replace(get_experiment("gd", "smoke"), n_train=100, n_test=400, width=256, steps=40,
                                  margins=(0.1, 3.0), members=2, ensembles=(1, 2))
-    from validation.sweep import run_sweep
+    from validation.harness.sweep import run_sweep
 
     recs = run_sweep(config, tmp_path / "gd", device="cpu", progress=False)
     summary = compare(config, tmp_path / "gd", recs, verbose=False)

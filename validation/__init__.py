@@ -1,23 +1,23 @@
-"""Training harness: train networks at a controlled margin and compare them with the GP theory.
+"""The harness: train networks at a controlled margin and compare them with the GP theory.
 
-Modules
--------
-validation.nero         Nero optimiser (per-neuron normalised updates, constraints, batched ensembles)
-validation.minnorm      Minnorm optimiser (min sum of weight norms s.t. fitting every example; support vectors)
-validation.ghost_bn     Ghost Batch Normalization
-validation.schedules    large-batch lr rules: sqrt(batch) scaling, regime adaptation, step schedule
-validation.distance     distance from initialisation and its log-law / power-law fit
-validation.models       the paper's MLP / conv net, as single networks and batched ensembles
-validation.train        full-batch training to targets (``||f(X) - alpha Y||``, MSE), lr decay, tolerance
-validation.experiments  declarative experiment configs (``fig6``, ``minnorm``, ``large_batch``) at scales
-                        smoke / quick / paper, with the hooks the sweep calls (units, unit function, compare)
-validation.minnorm_experiment  ``minnorm``: Minnorm vs Nero vs SGD (early stopping, weight decay) on fig6's data
-validation.large_batch  ``large_batch``: F1 net on Fashion-MNIST, small vs large batch and the remedies
-validation.large_batch_report  its table and figure
-validation.sweep        resumable sweeps: one JSON line per unit in ``DIR/.state/validate-NAME/runs.jsonl``
-validation.compare      measured vs predicted accuracy: ``DIR/NAME-comparison.{csv,png,json}``
-validation.diagnose     per-network diagnostics of a gap (fit, output scale, distance to the posterior)
-validation.cli          ``gpmargin validate EXPERIMENT --scale ... --out DIR``
+Layout
+------
+validation.registry            the experiments by name (``gpmargin validate NAME``); ``register`` adds one
+validation.cli                 ``gpmargin validate EXPERIMENT --scale ... --out DIR`` (help from the registry)
+validation.harness             how an experiment runs
+    experiment                 ``Experiment``: config as data (fields, hash, ``--set``), the protocol
+                               (``at_scale``, ``units``, ``unit_key``, ``run_unit``, ``report``)
+    fields                     what each field may hold, checked at the boundary
+    folders                    ``DIR/.state/validate-NAME/{config.json,runs.jsonl}`` and ``DIR/NAME-*``
+    sweep                      resumable sweeps of any experiment (local or Dask, ``--budget``)
+    margin_sweep               ``MarginSweep``: ensembles trained at each margin vs the GP (fig6, gd, minnorm)
+validation.training            Nero, Minnorm, ghost BN, schedules, the paper's networks, losses and
+                               targets, full-batch and minibatch trainers, the margin-sweep ensemble unit,
+                               label noise, distance from initialisation
+validation.theory              predictions of a sweep, gap statistics with their uncertainty, the
+                               comparison report, Kendall's tau, per-network diagnostics of a gap
+validation.experiments         one module per experiment (fig6, gd, minnorm, large_batch, measures),
+                               imported only by the registry
 
 Per-network measures (margins, norms, spectral complexity) live in :mod:`gpmargin.measures`.
 """

@@ -13,8 +13,9 @@ import math
 import time
 
 from gpmargin.distributed.cluster import add_execution_arguments
-from validation.experiments import SCALES
 from gpmargin.io import path_argument
+from validation.harness.experiment import SCALES
+from validation.registry import EXPERIMENTS
 
 
 def budget_seconds(text: str) -> float:
@@ -35,11 +36,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Train ensembles of networks at controlled margins (Nero, loss ||f(X) - alpha Y||), "
                     "measure them, and compare their test accuracy with NNGP predictions. "
                     "Resumable: rerun with the same --out to finish an interrupted sweep.")
-    p.add_argument("experiment", help="experiment name: fig6 (Nero at controlled margins vs the NNGP), "
-                   "gd (gradient descent vs its NTK theory), minnorm (Minnorm vs Nero vs SGD with early stopping / weight decay, accuracy against "
-                   "normalized margins with the NNGP at each net's margin), large_batch (Fashion-MNIST F1 net: "
-                   "small vs large batch and the remedies ghost BN, sqrt lr, regime adaptation; distance from init), "
-                   "measures (a population of networks; Kendall tau of generalization measures, DIR/measures-tau.csv/.json/.png)")
+    p.add_argument("experiment", metavar="EXPERIMENT",
+                   help="one of: " + "; ".join(f"{name} ({cls.summary})" for name, cls in EXPERIMENTS.items()))
     p.add_argument("--scale", default="quick", help=f"one of {', '.join(SCALES)} (default quick)")
     p.add_argument("--out", required=True, type=path_argument, help="output folder (created; reused to resume; shared with other "
                    "experiments and figures: state in DIR/.state/validate-EXPERIMENT/, results DIR/EXPERIMENT-*)")
@@ -63,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from gpmargin.distributed.cluster import execution_from_args
     from gpmargin.errors import GpmarginError
     from gpmargin.io import check_output_folder
-    from validation.experiments import get_experiment
-    from validation.sweep import load_task, records_complete, resolve_device, run_sweep, runs_path
+    from gpmargin.io import resolve_device
+    from validation.harness.folders import runs_path
+    from validation.harness.sweep import records_complete, run_sweep
+    from validation.registry import get_experiment
 
     config = get_experiment(args.experiment, args.scale)
     if args.overrides:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if execution.scheduler is None:  # with --scheduler, run_sweep checks it first (nothing written before)
         check_output_folder(args.out)  # before any work: a bad --out fails in one line
     t0 = time.perf_counter()
-    task = load_task(config)
+    task = config.load_task()
     records = run_sweep(config, args.out, args.device, progress=not args.no_progress, task=task,
                         execution=execution, budget=args.budget)
     print(f"sweep: {len(records)} unit(s) in {runs_path(config, args.out)} ({time.perf_counter() - t0:.1f} s this run)")
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         raise ValueError("sweep incomplete; rerun the same command to resume")
     if not args.no_compare:
-        summary = config.compare(args.out, records, task=task, device=device)
+        summary = config.report(args.out, records, task=task, device=device)
         files = (summary or {}).get("files") or {}
         print(f"comparison written to {', '.join(files.values()) if files else args.out}")
     return 0

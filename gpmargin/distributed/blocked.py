@@ -27,9 +27,12 @@ floor ``10 n eps mean(diag K)`` restarts the whole factorisation with the next j
 :func:`gpmargin.linalg.jitter_ladder` (1e-10 x mean diagonal, x10 each, up to 1e-3); a jitter
 is announced with a :class:`~gpmargin.linalg.JitterWarning` and recorded in the store.
 
-Posterior (:func:`stored_posterior`): forward substitution ``Z = L^{-1} [Y, K_X*]`` over the tile
-rows of ``L``, test points in chunks of columns; then ``mu = Z_*^T Z_Y`` and
-``s^2 = k(x*, x*) - colsum(Z_*^2)``, exactly :func:`gpmargin.predict.posterior.condition`.
+Posterior: :class:`StoredKernel` is the store as a prediction's kernel source
+(:class:`gpmargin.predict.source.KernelSource`); its factor solves ``Z = L^{-1} [Y, K_X*]`` by
+forward substitution over the tile rows of ``L`` (:func:`blocked_solve`), test points in chunks of
+columns, and :func:`gpmargin.predict.source.conditioned` does the rest, exactly as in memory.
+
+Every function takes an open :class:`~gpmargin.distributed.store.KernelStore` (``store``).
 """
 
 from __future__ import annotations
@@ -41,10 +44,10 @@ import warnings
 import numpy as np
 import torch
 
-from gpmargin.distributed.store import DamagedStore, KernelStore, NO_SPACE, no_space_error, open_store
+from gpmargin.distributed.faults import NO_SPACE, DamagedStore, no_space_error
 from gpmargin.errors import GpmarginError
-from gpmargin.predict.kernel_blocks import TestRowBlocks
-from gpmargin.predict.result import Posterior, floor_variance
+from gpmargin.predict.result import Posterior
+from gpmargin.predict.source import KernelSource, TrainFactor, conditioned
 from gpmargin.linalg import (
     MAX_REL_JITTER,
     START_REL_JITTER,
@@ -56,7 +59,7 @@ from gpmargin.linalg import (
 )
 
 __all__ = ["blocked_cholesky", "blocked_solve", "stored_posterior", "discard_factor", "verify_factor", "panel_tiles",
-           "DEFAULT_MEMORY"]
+           "StoredKernel", "DEFAULT_MEMORY"]
 
 #: Working memory of the blocked solves (bytes) unless told otherwise.
 DEFAULT_MEMORY = 8 * 2**30
@@ -70,11 +73,11 @@ def panel_tiles(n: int, tile: int, memory: int) -> int:
     return max(1, min(-(-n // tile), w // tile))
 
 
-def _state_path(store: KernelStore, kind: str):
+def _state_path(store, kind: str):
     return store.path / f"factor-{kind}.json"
 
 
-def _read_state(store: KernelStore, kind: str) -> dict | None:
+def _read_state(store, kind: str) -> dict | None:
     p = _state_path(store, kind)
     if not p.exists():
         return None
@@ -84,7 +87,7 @@ def _read_state(store: KernelStore, kind: str) -> dict | None:
         return None
 
 
-def _write_state(store: KernelStore, kind: str, state: dict) -> None:
+def _write_state(store, kind: str, state: dict) -> None:
     from gpmargin.io import atomic_write_json
 
     try:
@@ -97,7 +100,7 @@ def _write_state(store: KernelStore, kind: str, state: dict) -> None:
 
 def discard_factor(store, kind: str = "nngp") -> None:
     """Forget the stored factor of ``kind`` (the next solve factorises again, e.g. with another ``memory``)."""
-    ks = store if isinstance(store, KernelStore) else KernelStore.open(store)
+    ks = store
     _state_path(ks, kind).unlink(missing_ok=True)
     for marker in (ks.path / "done").glob(f"factor-{kind}-*"):
         marker.unlink()
@@ -107,7 +110,7 @@ def verify_factor(store, kind: str = "nngp") -> DamagedStore | None:
     """Re-read every tile of the finished panels of the stored factor of ``kind`` (existence and
     checksums); when one is missing or damaged, discard the factor and return the error (the
     next solve factorises again), else return None."""
-    ks = store if isinstance(store, KernelStore) else KernelStore.open(store)
+    ks = store
     state = _read_state(ks, kind)
     if state is None:
         return None
@@ -125,7 +128,7 @@ def verify_factor(store, kind: str = "nngp") -> DamagedStore | None:
     return None
 
 
-def _ensure_factor_array(store: KernelStore, kind: str) -> None:
+def _ensure_factor_array(store, kind: str) -> None:
     import zarr
     from zarr.codecs import Crc32cCodec
 
@@ -136,14 +139,14 @@ def _ensure_factor_array(store: KernelStore, kind: str) -> None:
                            compressors=[Crc32cCodec()], chunk_key_encoding={"name": "default", "separator": "/"})
 
 
-def _train_scale(store: KernelStore, kind: str) -> float:
+def _train_scale(store, kind: str) -> float:
     """mean(diag K) from the diagonal tiles."""
     nb, _ = store.tiles
     total = sum(float(np.trace(store.tile(kind, "train", i, i))) for i in range(nb))
     return total / store.n_train
 
 
-def _read_panel(store: KernelStore, kind: str, j0: int, j1: int, device) -> torch.Tensor:
+def _read_panel(store, kind: str, j0: int, j1: int, device) -> torch.Tensor:
     """``K[p:, p:p+w]`` for the panel of tile columns ``j0:j1`` (``p = j0 * t``), full (both
     triangles of its diagonal block), from the stored upper tiles."""
     t, n = store.tile_size, store.n_train
@@ -170,7 +173,7 @@ def blocked_cholesky(store, kind: str = "nngp", *, memory: int = DEFAULT_MEMORY,
     :class:`~gpmargin.errors.GpmarginError` when the matrix stays indefinite with the largest
     jitter, or when the disk fills (the panel being written is left unmarked).
     """
-    ks = store if isinstance(store, KernelStore) else open_store(store)
+    ks = store
     if kind not in ks.kinds:
         raise GpmarginError(f"kernel store {ks.path} holds {', '.join(ks.kinds)} matrices, not {kind}")
     dev = torch.device(device or "cpu")
@@ -213,7 +216,7 @@ def blocked_cholesky(store, kind: str = "nngp", *, memory: int = DEFAULT_MEMORY,
     raise not_positive_definite(name, n, max_rel_jitter)
 
 
-def _factor_panels(ks: KernelStore, kind: str, pt: int, jitter: float, floor: float, dev, progress: bool) -> bool:
+def _factor_panels(ks, kind: str, pt: int, jitter: float, floor: float, dev, progress: bool) -> bool:
     """One attempt over all panels; False as soon as a diagonal block fails (caller retries with jitter)."""
     n, t = ks.n_train, ks.tile_size
     nb, _ = ks.tiles
@@ -257,7 +260,7 @@ def _factor_panels(ks: KernelStore, kind: str, pt: int, jitter: float, floor: fl
     return True
 
 
-def _write_panel(ks: KernelStore, kind: str, A: torch.Tensor, j0: int, j1: int) -> None:
+def _write_panel(ks, kind: str, A: torch.Tensor, j0: int, j1: int) -> None:
     n, t = ks.n_train, ks.tile_size
     nb, _ = ks.tiles
     p = j0 * t
@@ -272,7 +275,7 @@ def _write_panel(ks: KernelStore, kind: str, A: torch.Tensor, j0: int, j1: int) 
 
 def blocked_solve(store, kind: str, B: torch.Tensor) -> torch.Tensor:
     """``L^{-1} B`` by forward substitution over the tile rows of the stored factor (B: (n, r))."""
-    ks = store if isinstance(store, KernelStore) else open_store(store)
+    ks = store
     n = ks.n_train
     nb, _ = ks.tiles
     Z = B.clone()
@@ -285,58 +288,61 @@ def blocked_solve(store, kind: str, B: torch.Tensor) -> torch.Tensor:
     return Z
 
 
-def stored_posterior(store, x_train, x_test, targets, *, kind: str = "nngp", kernel=None,
-                     memory: int = DEFAULT_MEMORY, progress: bool = False, device=None):
-    """The noise-free GP posterior (``alpha = 1``) from a kernel store, out of core.
+class StoredFactor(TrainFactor):
+    """The factor of ``kind`` in ``store``: ``solve(B) = L^{-1} B`` by :func:`blocked_solve`."""
 
-    Checks that ``x_train``/``x_test`` (and ``kernel``, when given) are those the store was
-    computed for, factorises (or reuses the stored factor of) ``K_XX``, solves for the test
-    points in chunks of columns sized by ``memory``, and returns a
-    :class:`~gpmargin.predict.result.Posterior` with the same numbers as
-    :func:`~gpmargin.predict.posterior.condition` on the in-memory matrices.
+    def __init__(self, store, kind: str, jitter: float):
+        self.store, self.kind, self.jitter = store, kind, float(jitter)
+
+    def solve(self, B: torch.Tensor) -> torch.Tensor:
+        return blocked_solve(self.store, self.kind, B.contiguous())
+
+    def solve_pair(self, Y: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        Z = blocked_solve(self.store, self.kind, torch.cat([Y, B], dim=1))  # one pass over L for both
+        return Z[:, :Y.shape[1]], Z[:, Y.shape[1]:]
+
+
+class StoredKernel(KernelSource):
+    """A kernel store as a prediction's kernel source (made by ``KernelStore.kernel_source``, which
+    checks the inputs): the factor out of core in ``memory`` bytes, blocks on ``device``.
+
+    A factor kept from an earlier run is re-read first (:func:`verify_factor`); a damaged one is
+    discarded with a one-line ``RuntimeWarning`` and factorised again from the (checked) kernel tiles.
     """
-    ks = store if isinstance(store, KernelStore) else open_store(store)
-    ks.check_inputs(x_train, x_test, kernel=kernel, kind=kind)
-    dev = torch.device(device or "cpu")
-    n = ks.n_train
-    Y = targets.reshape(n, -1).to(dev, torch.float64)
-    kss = torch.from_numpy(ks.test_diag(kind)).to(dev)
-    for attempt in (1, 2):
-        try:
-            t0 = time.perf_counter()
-            jitter = blocked_cholesky(ks, kind, memory=memory, progress=progress, device=dev)
-            t1 = time.perf_counter()
-            mean, var = _solve_test_points(ks, kind, Y, kss, memory, progress)
-            break
-        except DamagedStore as exc:
-            if exc.name != "factor" or attempt == 2:
-                raise
-            discard_factor(ks, kind)  # derived data: factorise again from the (checked) kernel tiles
-            warnings.warn(f"kernel store {ks.path}: chunk {'/'.join(map(str, exc.index))} of the stored "
-                          f"{kind} factor was damaged; discarded the factor and factorised again",
-                          RuntimeWarning, stacklevel=2)
-    mean = mean[:, 0] if targets.ndim == 1 else mean
-    var = floor_variance(var, kss, n)
-    timings = {"cholesky": t1 - t0, "solve": time.perf_counter() - t1}
-    return Posterior(mean, var.sqrt(), jitter, kind, timings)
+
+    def __init__(self, store, *, memory: int | None = None, device=None):
+        self.store, self.memory = store, memory or DEFAULT_MEMORY
+        self.n_train, self.n_test = store.n_train, store.n_test
+        self.device = torch.device(device or "cpu")
+        self.timings: dict[str, float] = {}
+
+    def factor(self, kind: str, progress: bool = False) -> StoredFactor:
+        t0 = time.perf_counter()
+        if (state := _read_state(self.store, kind)) and state.get("status") == "done":
+            damage = verify_factor(self.store, kind)
+            if damage is not None:
+                warnings.warn(f"kernel store {self.store.path}: chunk {'/'.join(map(str, damage.index))} of the "
+                              f"stored {kind} factor was damaged; discarded the factor and factorised again",
+                              RuntimeWarning, stacklevel=3)
+        jitter = blocked_cholesky(self.store, kind, memory=self.memory, progress=progress, device=self.device)
+        self.timings["cholesky"] = time.perf_counter() - t0
+        return StoredFactor(self.store, kind, jitter)
+
+    def cross_rows(self, kind: str, a: int, b: int) -> torch.Tensor:
+        return torch.from_numpy(self.store.cross_rows(kind, a, b)).to(self.device)
+
+    def test_diagonal(self, kind: str) -> torch.Tensor:
+        return torch.from_numpy(self.store.test_diag(kind)).to(self.device)
+
+    def block_rows(self, kind: str) -> int:
+        return self.memory // (8 * self.n_train) - 2 * self.store.tile_size - 1
 
 
-def _solve_test_points(ks: KernelStore, kind: str, Y: torch.Tensor, kss: torch.Tensor, memory: int,
-                       progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means ``(m, C)`` and unfloored variances ``(m,)`` of the test points, in chunks of rows."""
-    n, m, dev = ks.n_train, ks.n_test, Y.device
-    C = Y.shape[1]
-    rows = memory // (8 * n) - 2 * ks.tile_size - C
-    blocks = TestRowBlocks(lambda a, b: torch.from_numpy(ks.cross_rows(kind, a, b)).to(dev), m, n, rows,
-                           progress=progress, desc=f"{kind.upper()} solves (out of core)")
-    v, means, vars_ = None, [], []
-    for a, b, Ksx in blocks:
-        B = Ksx.T
-        if v is None:
-            Z = blocked_solve(ks, kind, torch.cat([Y, B], dim=1))
-            v, A = Z[:, :C], Z[:, C:]
-        else:
-            A = blocked_solve(ks, kind, B.contiguous())
-        means.append(A.T @ v)
-        vars_.append(kss[a:b] - (A * A).sum(0))
-    return torch.cat(means), torch.cat(vars_)
+def stored_posterior(store, x_train, x_test, targets, *, kind: str = "nngp", kernel=None,
+                     memory: int = DEFAULT_MEMORY, progress: bool = False, device=None) -> Posterior:
+    """The noise-free GP posterior (``alpha = 1``) from an open kernel store, out of core: the
+    store checked against the inputs (and ``kernel``), then
+    :func:`gpmargin.predict.source.conditioned` on it -- the same numbers as
+    :func:`~gpmargin.predict.posterior.condition` on the in-memory matrices."""
+    source = store.kernel_source(x_train, x_test, kind=kind, kernel=kernel, memory=memory, device=device)
+    return conditioned(source, targets, kind, progress=progress)

@@ -21,8 +21,8 @@ and Zarr checks their checksums: a chunk deleted or damaged after it was marked 
 :class:`DamagedStore`, naming the array and the chunk.  Rerunning
 :func:`~gpmargin.distributed.tiles.compute_kernel_store` (``gpmargin kernel``) re-reads every
 marked tile (:meth:`KernelStore.verify`), recomputes the damaged ones and discards a damaged (or
-outdated) factor; :func:`~gpmargin.distributed.blocked.stored_posterior` discards a damaged
-factor and factorises again.
+outdated) factor; a prediction from the store (:meth:`KernelStore.kernel_source`) re-reads a factor it reuses and,
+when it is damaged, discards it and factorises again.
 
 ``<kind>`` is ``nngp`` or ``ntk``.  The store is identified by the sha256 of the float64 bytes
 of both input sets, the kernel's ``repr`` (its whole architecture), the kinds and the tile
@@ -31,7 +31,6 @@ edge; opening it for anything else is refused with one line naming what differs.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import json
@@ -42,6 +41,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from gpmargin.distributed.blocked import StoredKernel
+from gpmargin.distributed.faults import NO_SPACE, DamagedStore, no_space_error
 from gpmargin.errors import GpmarginError
 
 __all__ = ["KernelStore", "DamagedStore", "KINDS", "inputs_sha256", "store_config", "open_store", "FORMAT"]
@@ -52,8 +53,6 @@ CONFIG_NAME = "gpmargin-store.json"
 #: Fields that identify a store; any difference refuses the store.
 IDENTITY = ("format", "kernel", "kinds", "tile", "n_train", "n_test", "feature_shape",
             "x_train_sha256", "x_test_sha256")
-#: errno values meaning "no room to write" (disk full, quota, file-size limit).
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def inputs_sha256(x) -> str:
@@ -93,24 +92,6 @@ def _differences(old: dict, new: dict) -> list[str]:
     return out
 
 
-class DamagedStore(GpmarginError):
-    """A chunk of a kernel store that is marked done is missing or fails its checksum.
-
-    ``kind``, ``name`` (``train``, ``cross``, ``test_diag``, ``factor``) and ``index`` (the chunk's
-    tile indices) say which; the message names the remedy that repairs it."""
-
-    def __init__(self, store: "KernelStore", kind: str, name: str, index: tuple, what: str):
-        self.kind, self.name, self.index = kind, name, tuple(index)
-        chunk = "/".join(str(i) for i in self.index)
-        if name == "factor":
-            remedy = ("rerun `gpmargin predict` (it discards a damaged factor and factorises again), or call "
-                      "gpmargin.distributed.blocked.discard_factor on the store")
-        else:
-            remedy = ("rerun the `gpmargin kernel` command that made the store: it re-reads every tile and "
-                      "recomputes the damaged ones")
-        super().__init__(f"kernel store {store.path} is damaged: chunk {chunk} of {kind}/{name} {what}; {remedy}")
-
-
 def _check_folder(path: Path, *, create: bool) -> None:
     """One-line errors for a store path that is a file, missing, or not writable."""
     if path.exists() and not path.is_dir():
@@ -127,12 +108,6 @@ def _check_folder(path: Path, *, create: bool) -> None:
     except OSError as exc:
         raise GpmarginError(f"cannot write to kernel store folder {path}: {exc.strerror or exc}; "
                             "give a writable folder") from None
-
-
-def no_space_error(exc: OSError, what: str, path) -> GpmarginError:
-    """The one-line error for a write that ran out of room."""
-    return GpmarginError(f"no space left while writing {what} of {path} ({exc.strerror or exc}); "
-                         "free disk space and rerun the same command: finished tiles are kept")
 
 
 class KernelStore:
@@ -220,6 +195,14 @@ class KernelStore:
         if kind is not None and kind not in self.kinds:
             raise GpmarginError(f"kernel store {self.path} holds {', '.join(self.kinds)} matrices, not {kind}; "
                                 f"compute it with `gpmargin kernel --kind {kind}` (or both)")
+
+    def kernel_source(self, x_train, x_test, *, kind: str = "nngp", kernel=None, memory: int | None = None,
+                      device=None) -> StoredKernel:
+        """This store as the kernel of a prediction (:class:`gpmargin.predict.source.KernelSource`):
+        checked against ``x_train``, ``x_test`` (and ``kernel``), factorised and solved out of core
+        in ``memory`` bytes (:mod:`gpmargin.distributed.blocked`)."""
+        self.check_inputs(x_train, x_test, kernel=kernel, kind=kind)
+        return StoredKernel(self, memory=memory, device=device)
 
     # -- tasks and markers -----------------------------------------------------------------
     @property

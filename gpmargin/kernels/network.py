@@ -70,7 +70,7 @@ class Network(nn.Module):
 
     Attributes: ``kernel`` (the kernel object), ``in_shape``, ``out_shape``, ``members`` (``None``
     for one unbatched network), ``parameterization``, ``batch_dims`` (1 stacked, 0 unbatched:
-    what :class:`validation.nero.Nero` needs), ``weights``/``biases`` (the parameters in layer order).
+    what :class:`validation.training.nero.Nero` needs), ``weights``/``biases`` (the parameters in layer order).
 
     Build it with ``kernel.network(...)``; the constructor's ``seeds`` are the per-member seeds
     themselves, ``stacked=False`` gives a single network with unstacked parameters and outputs

@@ -171,14 +171,17 @@ def load_task(args):
 
 
 def _store_options(args) -> dict:
-    """``kernel_store`` and ``memory`` for :func:`~gpmargin.predict.curve.margin_curve` (none without --kernel-store)."""
+    """``kernel_store`` (the store opened) and ``memory`` for :func:`~gpmargin.predict.margin_curve`
+    (none without --kernel-store).  The command line is where a store's path is opened: the
+    prediction itself only needs the store's ``kernel_source`` interface."""
     if not args.kernel_store:
         return {}
+    from gpmargin.distributed.store import open_store
     from gpmargin.errors import GpmarginError
 
     if not (math.isfinite(args.memory) and args.memory > 0):
         raise GpmarginError(f"--memory must be a positive, finite number of GiB, got {args.memory:g}")
-    return {"kernel_store": args.kernel_store, "memory": int(args.memory * 2**30)}
+    return {"kernel_store": open_store(args.kernel_store), "memory": int(args.memory * 2**30)}
 
 
 def _default_n_train(dataset: str, task: str, root) -> int:
@@ -247,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
         caught.clear()
 
         kernel = kernel_from_args(args)
-        from gpmargin.predict.curve import margin_curve
+        from gpmargin.predict.predictor import margin_curve
 
         curve = margin_curve(
             kernel,
@@ -269,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
     for msg in notes:
         print(f"warning: {msg}", file=sys.stderr)
 
-    from gpmargin.predict.curve import margin_at_fraction
+    from gpmargin.predict.margin_grid import margin_at_fraction
 
     arch = f"{args.arch} depth {args.depth}" + (" constrained" if args.constrained else "")
     config = {

@@ -110,7 +110,7 @@ def gradient_descent_posterior(
     ``kind="ntk"``: all layers trained (any ``time``); ``kind="nngp"``: readout only
     (finite ``time``).  Inputs are trusted (validated by :func:`gpmargin.predict.posterior`).
     The cross kernels are computed in chunks of test rows as in
-    :func:`~gpmargin.predict.posterior.gp_posterior`.  Returns a :class:`Posterior` whose
+    :func:`~gpmargin.predict.source.conditioned`.  Returns a :class:`Posterior` whose
     ``train`` holds the outputs at ``x_train`` at the same time.
     """
     n, m = x_train.shape[0], x_test.shape[0]

@@ -23,10 +23,13 @@ In every kind the mean is proportional to ``alpha`` and the covariance free of i
 Only ``mu`` and the marginal standard deviations ``s_i = sqrt(Sigma_ii)`` are needed
 for expected accuracies (expectation is linear, so it only involves each test
 point's marginal); the joint ``Sigma`` is available for sampling whole test sets with
-:func:`sample_posterior`.
+:func:`~gpmargin.predict.result.sample_posterior`.
 
 All solves are float64 with the Cholesky factor of ``K_XX`` from
-:func:`gpmargin.linalg.safe_cholesky` (jitter only when needed, and reported).
+:func:`gpmargin.linalg.safe_cholesky` (jitter only when needed, and reported), the test rows in
+blocks (:func:`gpmargin.predict.source.conditioned`), the kernel computed in memory or read from a
+kernel store (``kernel_store=``, any object with ``kernel_source(...)``, e.g.
+:func:`gpmargin.distributed.open_store`).
 Variances below the round-off floor ``n * eps * k(x, x)`` (including small negative
 values) are set to exactly 0: such a test point is determined by the training data
 (e.g. it duplicates a training input) and its draw equals its mean.
@@ -34,19 +37,17 @@ values) are set to exactly 0: such a test point is determined by the training da
 
 from __future__ import annotations
 
-import time
+import os
 
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.linalg import safe_cholesky
 from gpmargin.predict.gradient import gradient_descent_posterior
 from gpmargin.predict.inputs import KINDS, as_tensor, check_kernel, check_kind, check_learning_rate, check_time
-from gpmargin.predict.kernel_blocks import TestRowBlocks, kernel_diagonal, kernel_matrix, train_kernel
-from gpmargin.predict.result import Posterior, floor_variance
-from gpmargin.predict.result import posterior_covariance, sample_posterior  # noqa: F401  (their old home)
+from gpmargin.predict.result import Posterior
+from gpmargin.predict.source import KernelFunction, KernelMatrices, conditioned
 
-__all__ = ["condition", "posterior", "gp_posterior", "check_prediction", "KINDS"]
+__all__ = ["condition", "posterior", "check_prediction", "check_kernel_store", "KINDS"]
 
 
 def check_prediction(kernel, kind: str, time=None, learning_rate=1.0, *,
@@ -77,6 +78,22 @@ def check_prediction(kernel, kind: str, time=None, learning_rate=1.0, *,
     return kind, time, learning_rate
 
 
+def check_kernel_store(kernel_store, kind: str, time) -> None:
+    """A ``kernel_store`` must be an open store (an object with ``kernel_source``) and is for the GP
+    kinds at convergence only."""
+    if isinstance(kernel_store, (str, os.PathLike)):
+        raise GpmarginError(f"kernel_store={str(kernel_store)!r} is a path: open it first, "
+                            f"kernel_store=gpmargin.distributed.open_store({str(kernel_store)!r})")
+    if not hasattr(kernel_store, "kernel_source"):
+        raise GpmarginError(f"kernel_store must be an open kernel store (gpmargin.distributed.open_store), "
+                            f"got {type(kernel_store).__name__}")
+    if kind == "ntk" or time is not None:
+        raise GpmarginError(
+            "kernel_store: a stored kernel gives the NNGP posterior (kind='nngp') or the NTK-GP "
+            "(kind='ntkgp') at convergence; the gradient-descent prediction (kind='ntk', time=) "
+            "needs the in-memory path: drop kernel_store")
+
+
 def condition(
     k_train,
     k_cross,
@@ -100,7 +117,6 @@ def condition(
     kind : str
         Label recorded in the result (e.g. ``"nngp"`` or ``"ntk"``).
     """
-    t0 = time.perf_counter()
     Kxx = as_tensor(k_train, name="k_train")
     Ksx = as_tensor(k_cross, device=Kxx.device, name="k_cross")
     kss = as_tensor(k_test_diag, device=Kxx.device, name="k_test_diag")
@@ -113,21 +129,10 @@ def condition(
         )
     if not bool(torch.isfinite(Ksx).all() and torch.isfinite(kss).all()):
         raise GpmarginError("test kernel values contain NaN or infinity; check the inputs and the kernel")
-    L, jitter = safe_cholesky(Kxx, name=name)
-    t1 = time.perf_counter()
-    v = torch.linalg.solve_triangular(L, Y.reshape(n, -1), upper=False)  # L^-1 Y   (n, C)
-    A = torch.linalg.solve_triangular(L, Ksx.T, upper=False)  # L^-1 K_X*  (n, m)
-    mean = A.T @ v
-    mean = mean[:, 0] if Y.ndim == 1 else mean
-    var = floor_variance(kss - (A * A).sum(0), kss, n)
-    cov = None
-    if k_test is not None:
-        Kss = as_tensor(k_test, device=Kxx.device, name="k_test")
-        cov = Kss - A.T @ A
-        cov = 0.5 * (cov + cov.T)
-        cov.diagonal().copy_(var)
-    t2 = time.perf_counter()
-    return Posterior(mean, var.sqrt(), jitter, kind, {"cholesky": t1 - t0, "solve": t2 - t1}, cov)
+    Kss = None if k_test is None else as_tensor(k_test, device=Kxx.device, name="k_test")
+    post = conditioned(KernelMatrices(Kxx, Ksx, kss, Kss, name=name), Y, kind, joint=Kss is not None)
+    post.timings = {k: post.timings[k] for k in ("cholesky", "solve")}
+    return post
 
 
 def posterior(
@@ -142,96 +147,44 @@ def posterior(
     joint: bool = False,
     progress: bool = False,
     chunk_elements: int = 1 << 22,
+    kernel_store=None,
+    memory: int | None = None,
 ) -> Posterior:
     """Distribution of the test outputs (mean for ``alpha = 1``, std, joint covariance if ``joint``).
 
     ``kind="nngp"`` with ``time=None``: NNGP conditioning; ``"ntkgp"``: the NTK as GP
-    covariance (both :func:`gp_posterior`).  ``"ntk"`` (any ``time``) and ``"nngp"`` with a
-    finite ``time``: gradient-descent training for time ``time`` with step ``learning_rate``
-    (:func:`gpmargin.predict.gradient.gradient_descent_posterior`).
+    covariance (both :func:`gpmargin.predict.source.conditioned`, the cross kernel in chunks of
+    about ``chunk_elements`` entries, so memory stays at ``O(n^2 + chunk)``).  ``"ntk"`` (any
+    ``time``) and ``"nngp"`` with a finite ``time``: gradient-descent training for time ``time``
+    with step ``learning_rate`` (:func:`gpmargin.predict.gradient.gradient_descent_posterior`).
+
+    ``kernel_store``: an open kernel store made for exactly these inputs (and ``kernel``, which may
+    then be None) whose matrices are read instead of calling the kernel, solved out of core in
+    ``memory`` bytes (the store's default when None); GP kinds only.
 
     Raises
     ------
     GpmarginError
         Unknown ``kind``, ``time`` or ``learning_rate`` not > 0, a finite ``time`` with
-        ``"ntkgp"``, or ``"ntk"``/``"ntkgp"`` with a kernel that has no NTK.
+        ``"ntkgp"``, ``"ntk"``/``"ntkgp"`` with a kernel that has no NTK, or a ``kernel_store``
+        that is a path, or with a gradient-descent kind.
     """
-    kind, time, learning_rate = check_prediction(kernel, kind, time, learning_rate)
+    kind, time, learning_rate = check_prediction(kernel, kind, time, learning_rate,
+                                                 kernel_optional=kernel_store is not None)
+    if kernel_store is not None:
+        check_kernel_store(kernel_store, kind, time)
     if kind == "ntk" or time is not None:
         return gradient_descent_posterior(
             kernel, x_train, targets, x_test, kind=kind, time=time, learning_rate=learning_rate,
             joint=joint, progress=progress, chunk_elements=chunk_elements,
         )
-    post = gp_posterior(kernel, x_train, targets, x_test, get="ntk" if kind == "ntkgp" else "nngp",
-                        joint=joint, progress=progress, chunk_elements=chunk_elements)
+    matrix = "ntk" if kind == "ntkgp" else "nngp"  # the kernel's get= (and the store's matrix names)
+    if kernel_store is None:
+        source = KernelFunction(kernel, x_train, x_test, chunk_elements=chunk_elements)
+    else:
+        source = kernel_store.kernel_source(x_train, x_test, kind=matrix, kernel=kernel, memory=memory,
+                                            device=x_train.device)
+    post = conditioned(source, targets, matrix, joint=joint, progress=progress)
     post.kind = kind
     post.learning_rate = learning_rate
     return post
-
-
-def gp_posterior(
-    kernel,
-    x_train: torch.Tensor,
-    targets: torch.Tensor,
-    x_test: torch.Tensor,
-    *,
-    get: str = "nngp",
-    joint: bool = False,
-    progress: bool = False,
-    chunk_elements: int = 1 << 22,
-) -> Posterior:
-    """GP posterior mean and standard deviation at ``x_test`` for targets ``Y`` at ``x_train``,
-    with prior covariance ``kernel(..., get=get)`` (``"nngp"`` or ``"ntk"``).
-
-    The cross-kernel ``K_*X`` is computed in chunks of test rows (about
-    ``chunk_elements`` entries each), each chunk solved and discarded, so memory stays
-    at ``O(n^2 + chunk)``; ``progress=True`` shows a tqdm bar over the chunks.
-    ``joint=True`` also returns the full (m, m) posterior covariance (small test sets).
-    ``timings`` reports seconds spent in ``kernel_train``, ``cholesky``,
-    ``kernel_test`` and ``solve``.
-    """
-    kind = get
-    check_kernel(kernel)
-    n, m = x_train.shape[0], x_test.shape[0]
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    Kxx = train_kernel(kernel, x_train, kind, progress=progress)
-    timings["kernel_train"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    L, jitter = safe_cholesky(Kxx, name=f"training {kind.upper()} matrix")
-    del Kxx
-    Y = targets.reshape(n, -1).to(L.device, torch.float64)
-    v = torch.linalg.solve_triangular(L, Y, upper=False)
-    timings["cholesky"] = time.perf_counter() - t0
-
-    t_kernel = time.perf_counter()
-    kss = kernel_diagonal(kernel, x_test, kind)
-    t_kernel = time.perf_counter() - t_kernel
-    t_solve = 0.0
-    blocks = TestRowBlocks(lambda a, b: kernel_matrix(kernel, x_test[a:b], x_train, kind), m, n,
-                           chunk_elements // max(n, 1), progress=progress, desc=f"{kind.upper()} kernel (test x train)")
-    means, vars_, As = [], [], []
-    for a, b, Ksx in blocks:
-        ts = time.perf_counter()
-        A = torch.linalg.solve_triangular(L, Ksx.T, upper=False)  # (n, b-a)
-        means.append(A.T @ v)
-        vars_.append(kss[a:b] - (A * A).sum(0))
-        if joint:
-            As.append(A)
-        t_solve += time.perf_counter() - ts
-    t_kernel += blocks.seconds
-    mean = torch.cat(means)
-    mean = mean[:, 0] if targets.ndim == 1 else mean
-    var = floor_variance(torch.cat(vars_), kss, n)
-    cov = None
-    if joint:
-        tk = time.perf_counter()
-        Kss = kernel_matrix(kernel, x_test, None, kind)
-        t_kernel += time.perf_counter() - tk
-        A = torch.cat(As, dim=1)
-        cov = Kss - A.T @ A
-        cov = 0.5 * (cov + cov.T)
-        cov.diagonal().copy_(var)
-    timings["kernel_test"] = t_kernel
-    timings["solve"] = t_solve
-    return Posterior(mean, var.sqrt(), jitter, kind, timings, cov)

@@ -23,7 +23,7 @@ posterior (binary tasks):
     relative training error ``||f(X) - alpha Y|| / ||alpha Y||`` and the output scale
     ``rms f(X) / alpha``.
 
-    python -m validation.diagnose fig6 --scale quick --margins 0.001 0.1 10 [--constrained]
+    python -m validation.theory.diagnose fig6 --scale quick --margins 0.001 0.1 10 [--constrained]
         [--set width=2048 --set members=2 ...]
 """
 
@@ -36,8 +36,9 @@ import time
 import numpy as np
 import torch
 
-from validation.experiments import get_experiment
-from validation.sweep import load_task, resolve_device, train_ensemble
+from gpmargin.io import resolve_device
+from validation.registry import get_experiment
+from validation.training.ensemble import train_ensemble
 
 
 def diagnose_unit(config, task, margin: float, seed: int = 0, device="cpu", constrained: bool = False) -> dict:
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     if "members" in keys and "ensembles" not in keys:
         overrides.append("ensembles=1")  # ensemble sizes play no part in the diagnosis
     config = config.with_overrides(overrides)
-    task = load_task(config)
+    task = config.load_task()
     for alpha in a.margins:
         d = diagnose_unit(config, task, alpha, a.seed, a.device, a.constrained)
         d["config"] = config.to_dict()

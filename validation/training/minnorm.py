@@ -9,7 +9,7 @@ Lagrangian
 is minimised over the weights by any torch optimiser (``SGD`` by default) and maximised over
 the multipliers by projected gradient ascent, ``lambda_i <- P(lambda_i + eta_lambda c_i(W))``,
 so each multiplier integrates its example's constraint violation over training.  Constraints,
-from targets ``T = alpha Y`` (:func:`validation.train.margin_targets`):
+from targets ``T = alpha Y`` (:func:`validation.training.losses.margin_targets`):
 
 ``regression``      ``c_i = f(x_i) - T_i`` (one per output), ``lambda`` free (``P`` = identity);
 ``classification``  ``c_i = alpha_i - m_i(f)`` with the margin ``m_i = y_i f(x_i)`` (binary,

@@ -6,8 +6,8 @@ fall on the same accuracy-vs-normalized-margin curve as networks whose norms are
 MLP, one unit per (arm, margin, seed), each a batched ensemble of ``members`` networks
 trained full-batch to the margin targets ``alpha Y``:
 
-``minnorm``    :class:`~validation.minnorm.Minnorm` (``y f(x) >= alpha``, squared norms, Adam
-               underneath; settings :data:`validation.train.MINNORM_DEFAULTS`, weight step
+``minnorm``    :class:`~validation.training.minnorm.Minnorm` (``y f(x) >= alpha``, squared norms, Adam
+               underneath; settings :data:`validation.training.fullbatch.MINNORM_DEFAULTS`, weight step
                ``minnorm_lr``, multiplier step ``multiplier_lr``, norm weight ``norm_weight``);
 ``nero``       Nero with constraints on ``||f(X) - alpha Y||`` (fig6's training);
 ``sgd-early``  plain SGD (step ``sgd_lr``) on the same loss ``||f(X) - alpha Y||`` from a Gaussian
@@ -15,31 +15,40 @@ trained full-batch to the margin targets ``alpha Y``:
                ``||f(X) - alpha Y|| / ||alpha Y||`` is at most ``early_tol``;
 ``sgd-wd``     the same SGD run for all steps with L2 weight decay ``weight_decay``.
 
-Every network is measured as in fig6 (:func:`validation.sweep.run_unit`, same records).
+Every network is measured as in fig6 (:func:`validation.training.ensemble.margin_record`, same records).
 The NNGP prediction for a network is taken at the margin ``alpha`` at which a Nero network
 (row norms 1, so ``prod_l ||W_l||_F = width^((L-1)/2)``) has the same Frobenius-normalized
 margin:  ``alpha_gp = gamma / prod_l ||W_l||_F * width^((L-1)/2)`` (``gamma`` the minimum
-training margin), computed with ``validation.compare.predicted_accuracy``.
+training margin), computed with :func:`validation.theory.predictors.predicted_accuracy`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from gpmargin.errors import GpmarginError
-from validation.experiments import POSITIVE, SCALES, ExperimentConfig, _logspace
-from validation.fields import choice, listed, number
+from gpmargin.io import atomic_savefig, atomic_write_json, atomic_write_text, run_metadata
+from validation.harness.experiment import POSITIVE, logspace
+from validation.harness.fields import choice, listed, number
+from validation.harness.folders import output_path
+from validation.harness.margin_sweep import MarginSweep
+from validation.theory.predictors import predicted_accuracy
+from validation.training.ensemble import margin_record
 
 ARMS = ("minnorm", "nero", "sgd-early", "sgd-wd")
 
 
 @dataclasses.dataclass(frozen=True)
-class MinnormConfig(ExperimentConfig):
+class MinnormComparison(MarginSweep):
     """fig6's fields (``lr``/``decay``/``steps`` are Nero's) plus the other arms' settings."""
+
+    name: ClassVar[str] = "minnorm"
+    summary: ClassVar[str] = ("Minnorm vs Nero vs SGD with early stopping / weight decay: accuracy against "
+                              "normalized margins, with the NNGP at each net's margin")
 
     arms: tuple[str, ...] = ARMS
     arm: str = ""  # set on the per-arm copy a unit trains with (empty in the experiment's config)
@@ -51,7 +60,7 @@ class MinnormConfig(ExperimentConfig):
     weight_decay: float = 0.1
 
     FIELDS: ClassVar[dict] = {
-        **ExperimentConfig.FIELDS, "arms": listed(choice(*ARMS), distinct=True), "minnorm_lr": POSITIVE,
+        **MarginSweep.FIELDS, "arms": listed(choice(*ARMS), distinct=True), "minnorm_lr": POSITIVE,
         "multiplier_lr": POSITIVE, "norm_weight": POSITIVE, "sgd_lr": POSITIVE, "early_tol": POSITIVE,
         "weight_decay": number(0)}
 
@@ -62,10 +71,34 @@ class MinnormConfig(ExperimentConfig):
     def unit_key(self, unit: dict[str, Any]) -> tuple:
         return (unit["arm"],) + super().unit_key(unit)
 
-    def unit_function(self) -> Callable:
-        return minnorm_unit
+    def run_unit(self, task, unit: dict[str, Any], device) -> dict[str, Any]:
+        """One (arm, margin, seed): the arm's ensemble trained and measured by ``margin_record``."""
+        rec = margin_record(self.arm_config(unit["arm"]), task, unit["margin"], unit["seed"], device)
+        for m in rec["members"]:  # a diverged SGD net (non-finite outputs) is recorded as such, not as NaN
+            m["diverged"] = not math.isfinite(m["relative_error"])
+        return _finite(rec)
 
-    def arm_config(self, arm: str) -> "MinnormConfig":
+    def report(self, out, records, task=None, device=None, verbose: bool = True) -> dict[str, Any]:
+        return compare_minnorm(self, out, records, task=task, device=device, verbose=verbose)
+
+    @classmethod
+    def settings(cls, scale: str) -> dict[str, Any]:
+        """fig6's data, depth and Nero schedule.  ``paper``: fig6's width 2048 and 20 margins, 8
+        networks per unit, 3 seeds; ``quick``: width 32, 3 of fig6's margins (0.0215, 0.464, 10),
+        500 steps, 2 networks per unit; ``smoke``: tests."""
+        common = dict(dataset="mnist", task="parity", depth=5, optimizer="nero", loss="norm", lr=0.01, decay=0.99,
+                      ensembles=(1,))
+        if scale == "paper":
+            return dict(n_train=1000, n_test=9000, width=2048, steps=500, margins=logspace(-3, 1, 20),
+                        seeds=(0, 1, 2), members=8, **common)
+        if scale == "quick":
+            return dict(n_train=1000, n_test=9000, width=32, steps=500, margins=logspace(-3, 1, 7)[2::2],
+                        seeds=(0,), members=2, **common)
+        common.update(depth=3)
+        return dict(n_train=200, n_test=1000, width=32, steps=60, margins=(0.1, 3.0), seeds=(0,), members=2,
+                    **common)
+
+    def arm_config(self, arm: str) -> "MinnormComparison":
         """The config one arm trains with (``optimizer``, ``lr``, ``loss``, ``steps``, ``tol``)."""
         if arm == "nero":
             return dataclasses.replace(self, arm=arm)
@@ -87,18 +120,9 @@ class MinnormConfig(ExperimentConfig):
             return {"weight_decay": self.weight_decay}
         return {}
 
-    def compare(self, out, records, task=None, device=None, verbose: bool = True) -> dict[str, Any]:
-        return compare_minnorm(self, out, records, task=task, device=device, verbose=verbose)
 
 
-def minnorm_unit(config: MinnormConfig, task, unit: dict[str, Any], device) -> dict[str, Any]:
-    """One (arm, margin, seed): the arm's ensemble trained and measured by ``run_unit``."""
-    from validation.sweep import run_unit
-
-    rec = run_unit(config.arm_config(unit["arm"]), task, unit["margin"], unit["seed"], device)
-    for m in rec["members"]:  # a diverged SGD net (non-finite outputs) is recorded as such, not as NaN
-        m["diverged"] = not math.isfinite(m["relative_error"])
-    return _finite(rec)
+EXPERIMENT = MinnormComparison
 
 
 def _finite(v):
@@ -112,35 +136,13 @@ def _finite(v):
     return v
 
 
-def minnorm(scale: str) -> MinnormConfig:
-    """The ``minnorm`` experiment at ``scale`` (fig6's data, depth and Nero schedule).
-
-    ``paper``: fig6's width 2048 and 20 margins, 8 networks per unit, 3 seeds; ``quick``: width
-    32, 3 of fig6's margins (0.0215, 0.464, 10), 500 steps, 2 networks per unit (sized for a
-    heavily shared 2-core CPU); ``smoke``: tests.
-    """
-    common = dict(name="minnorm", dataset="mnist", task="parity", depth=5, optimizer="nero", loss="norm",
-                  lr=0.01, decay=0.99)
-    if scale == "paper":
-        return MinnormConfig(scale="paper", n_train=1000, n_test=9000, width=2048, steps=500,
-                             margins=_logspace(-3, 1, 20), seeds=(0, 1, 2), members=8, ensembles=(1,), **common)
-    if scale == "quick":
-        return MinnormConfig(scale="quick", n_train=1000, n_test=9000, width=32, steps=500,
-                             margins=_logspace(-3, 1, 7)[2::2], seeds=(0,), members=2, ensembles=(1,), **common)
-    if scale == "smoke":
-        common.update(depth=3)
-        return MinnormConfig(scale="smoke", n_train=200, n_test=1000, width=32, steps=60, margins=(0.1, 3.0),
-                             seeds=(0,), members=2, ensembles=(1,), **common)
-    raise GpmarginError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
-
-
 # ----------------------------------------------------------------------------- comparison
-def nero_norm_product(config: ExperimentConfig) -> float:
+def nero_norm_product(config) -> float:
     """``prod_l ||W_l||_F`` of a Nero-constrained MLP (unit rows): ``width^((L-1)/2)`` (one output)."""
     return float(config.width) ** ((config.depth - 1) / 2)
 
 
-def network_rows(config: MinnormConfig, records: list[dict]) -> list[dict[str, Any]]:
+def network_rows(config: MinnormComparison, records: list[dict]) -> list[dict[str, Any]]:
     """One row per trained network: arm, margin, seed, member, accuracies and normalized margins."""
     rows = []
     for r in records:
@@ -160,19 +162,13 @@ def network_rows(config: MinnormConfig, records: list[dict]) -> list[dict[str, A
     return rows
 
 
-def compare_minnorm(config: MinnormConfig, out, records: list[dict], task=None, device=None,
+def compare_minnorm(config: MinnormComparison, out, records: list[dict], task=None, device=None,
                     verbose: bool = True) -> dict[str, Any]:
     """``<experiment>-comparison.{csv,json,png}`` and ``<experiment>-support_vectors.png`` in ``out``."""
-    from gpmargin.io import atomic_write_json, atomic_write_text, run_metadata
-    from validation.compare import predicted_accuracy
-    from validation.sweep import output_path
-
     files = {ext: str(output_path(config, out, f"comparison.{ext}")) for ext in ("csv", "png", "json")}
     files["support_vectors"] = str(output_path(config, out, "support_vectors.png"))
     if task is None:
-        from validation.sweep import load_task
-
-        task = load_task(config)
+        task = config.load_task()
     rows = network_rows(config, records)
     scale = nero_norm_product(config)
     fit = [r for r in rows if (r["frobenius_normalized_margin"] or 0) > 0]
@@ -234,8 +230,6 @@ def _plot(config, rows, curve, scale, summary_arms, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gpmargin.io import atomic_savefig
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, label in ((axes[0], "frobenius_normalized_margin", "Frobenius-normalized margin  γ / Π‖W_l‖_F"),
                            (axes[1], "spectrally_normalized_margin",
@@ -281,8 +275,6 @@ def _plot_support(config, records, task, path) -> dict[str, Any] | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from gpmargin.io import atomic_savefig
 
     idx = sv["top_indices"][:16]
     x = np.asarray(task.x_train)

@@ -14,59 +14,26 @@ never mix and member ``j`` follows the same trajectory as a single network train
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Callable
 
 import torch
 
 from gpmargin.errors import GpmarginError
-from validation.minnorm import Minnorm
-from validation.nero import Nero
+from validation.training.losses import per_network_loss
+from validation.training.minnorm import Minnorm
+from validation.training.nero import Nero
 
 OPTIMIZERS = ("nero", "nero-free", "sgd", "adam", "minnorm")
 #: Minnorm's settings in the harness (``optimizer="minnorm"``): classification constraints
 #: ``y f(x) >= alpha`` at the experiment's margin, squared norms, Adam underneath, augmented penalty
 MINNORM_DEFAULTS = dict(constraint="classification", norm="squared", optimizer="adam", multiplier_lr=0.01,
                         penalty=1.0, norm_weight=0.1)
-LOSSES = ("norm", "mse", "half_mse")
-
-
-def margin_targets(y: torch.Tensor, alpha: float, num_classes: int | None = None) -> torch.Tensor:
-    """``alpha * Y``: ``(n, 1)`` of ``+-alpha`` for binary labels, ``(n, C)`` one-hot otherwise."""
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise GpmarginError(f"margin must be a positive finite number, got {alpha!r}")
-    if y.is_floating_point():
-        vals = torch.unique(y)
-        if not bool(torch.all((vals == 1) | (vals == -1))):
-            raise GpmarginError("binary labels must be +-1 floats; pass int64 class indices for multi-class")
-        return (alpha * y).reshape(-1, 1)
-    c = int(num_classes if num_classes is not None else int(y.max()) + 1)
-    return alpha * torch.nn.functional.one_hot(y.long(), c).to(torch.get_default_dtype())
-
-
-def per_network_loss(out: torch.Tensor, targets: torch.Tensor, loss: str = "norm") -> torch.Tensor:
-    """Loss of every network: ``(k,)`` for outputs ``(k, n, c)``, a 0-d tensor for ``(n, c)``.
-
-    ``"norm"``: ``||f(X) - T||_F`` (the paper's margin-control loss);
-    ``"mse"``: ``mean((f(X) - T)^2)``;
-    ``"half_mse"``: ``mean((f(X) - T)^2) / 2`` (neural-tangents' loss: gradient descent on it with
-    step ``lr`` is NT's gradient flow with ``learning_rate = lr``, one step = one unit of time).
-    """
-    diff = out - targets.to(out.dtype)
-    dims = (-2, -1)
-    if loss == "norm":
-        return diff.square().sum(dim=dims).sqrt()
-    if loss == "mse":
-        return diff.square().mean(dim=dims)
-    if loss == "half_mse":
-        return 0.5 * diff.square().mean(dim=dims)
-    raise GpmarginError(f"unknown loss {loss!r}: use one of {LOSSES}")
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, **kwargs) -> torch.optim.Optimizer:
     """``"nero"`` (with constraints), ``"nero-free"`` (no constraints), ``"sgd"``, ``"adam"`` or
-    ``"minnorm"`` (:class:`~validation.minnorm.Minnorm`, :data:`MINNORM_DEFAULTS` updated by ``kwargs``)."""
+    ``"minnorm"`` (:class:`~validation.training.minnorm.Minnorm`, :data:`MINNORM_DEFAULTS` updated by ``kwargs``)."""
     params = list(model.parameters())
     b = getattr(model, "batch_dims", 0)
     if name == "nero":
@@ -110,7 +77,7 @@ def train(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, *, ste
     ``lr * decay**t``.  Stops after ``steps`` steps, or earlier once every network's
     relative error ``||f(X) - T||_F / ||T||_F`` is at most ``tol``.
 
-    With a :class:`~validation.minnorm.Minnorm` optimiser the gradient step is on its Lagrangian
+    With a :class:`~validation.training.minnorm.Minnorm` optimiser the gradient step is on its Lagrangian
     (norms subject to the constraints set by ``targets``); ``loss`` is still what is recorded.
     """
     if steps < 0:

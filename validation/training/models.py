@@ -40,16 +40,19 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
+from torch import nn
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels import Network, member_seed, paper_cnn, paper_mlp
+from validation.training.ghost_bn import GhostBatchNorm1d
 
 SQRT2 = math.sqrt(2.0)
 INITS = ("gaussian", "scale")
 
 __all__ = ["MLP", "EnsembleMLP", "EnsembleConvNet", "member_seed", "mlp_shapes", "conv_shapes", "mlp_kernel",
-           "conv_kernel", "init_mlp_weights"]
+           "conv_kernel", "f1_network", "linear_weights", "forward_chunked", "as_tensor"]
 
 
 def _w_stds(shapes: Sequence[tuple[int, ...]], init: str, sigma: float) -> list[float]:
@@ -137,14 +140,6 @@ class EnsembleMLP(Network):
                    weights=[w.detach()[j] for w in self.weights])
 
 
-def init_mlp_weights(seed: int, in_dim: int, depth: int, width: int, outputs: int,
-                     init: str = "gaussian", sigma: float = 1.0,
-                     dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """Initial weights of one MLP drawn from ``torch.Generator().manual_seed(seed)`` (CPU)."""
-    net = MLP(in_dim, depth, width, outputs, seed=seed, init=init, sigma=sigma, dtype=dtype)
-    return [w.detach() for w in net.weights]
-
-
 # ----------------------------------------------------------------------------- conv net
 def conv_shapes(in_shape: Sequence[int], channels: Sequence[int], width: int, dense_layers: int,
                 outputs: int, kernel: int = 5) -> tuple[list[tuple[int, ...]], int]:
@@ -212,3 +207,40 @@ def effective_weights(net: Network) -> list[torch.Tensor]:
     from gpmargin.kernels.dense import AffineModule
 
     return [m.weight.detach() * m.w_mult for m in net.layers if isinstance(m, AffineModule)]
+
+
+# ----------------------------------------------------------------------------- F1 (Hoffer et al.)
+def f1_network(in_dim: int, classes: int, width: int = 512, hidden: int = 5, ghost_batch_size: int | None = None,
+               seed: int = 0) -> nn.Sequential:
+    """F1 of Hoffer et al. (2017): ``hidden`` blocks ``Linear(no bias) -> BatchNorm1d (ghost if
+    ghost_batch_size) -> ReLU``, then ``Linear`` to ``classes``; torch's default init drawn under
+    ``torch.manual_seed(seed)``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = []
+        d = in_dim
+        for _ in range(hidden):
+            bn = nn.BatchNorm1d(width) if ghost_batch_size is None else GhostBatchNorm1d(width, ghost_batch_size)
+            layers += [nn.Linear(d, width, bias=False), bn, nn.ReLU()]
+            d = width
+        layers.append(nn.Linear(d, classes))
+        return nn.Sequential(*layers)
+
+
+def linear_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weights of every ``nn.Linear`` of ``model``, in order (detached)."""
+    return [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+# ----------------------------------------------------------------------------- evaluation
+def forward_chunked(model: nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """``model(x)`` without gradients, ``chunk`` examples at a time, joined along the examples axis
+    (``-2``: ``(n, c)`` for one network, ``(k, n, c)`` for an ensemble)."""
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)], dim=-2)
+
+
+def as_tensor(a, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An array or tensor as a tensor on ``device`` (in ``dtype`` when given)."""
+    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+    return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)

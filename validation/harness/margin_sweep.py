@@ -1,0 +1,126 @@
+"""Margin sweeps: ensembles of networks trained at each margin and compared with a prediction.
+
+:class:`MarginSweep` is the experiment kind of ``fig6``, ``gd`` and ``minnorm``: the unit of
+work is one (margin, seed), ``members`` networks trained together as one batched ensemble
+(member ``j`` with seed ``1000 * seed + j``) to targets ``alpha * y``
+(:func:`validation.training.ensemble.margin_record`), and the report sets their accuracies
+against the GP theory (:func:`validation.theory.comparison.compare`).  Ensemble accuracies for
+a size ``k`` are measured on the disjoint groups ``{0..k-1}, {k..2k-1}, ...`` of the members
+(``members // k`` groups), so every member is used for every ``k``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from gpmargin.errors import GpmarginError
+from validation.harness.experiment import DATA_FIELDS, POSITIVE, Experiment
+from validation.harness.fields import Field, choice, integer, listed, number, optional
+from validation.training.fullbatch import OPTIMIZERS
+from validation.training.losses import LOSSES
+
+#: ``mlp``: the paper's MLP in the standard parameterisation; ``ntk-mlp``: the same network
+#: (``paper_mlp(depth).network(...)``) in the NTK parameterisation, for gradient descent
+MODELS = ("mlp", "ntk-mlp")
+
+
+def _ensembles(v: str) -> tuple[int, ...]:
+    from gpmargin.predict.inputs import parse_ensemble
+
+    return parse_ensemble(v)
+
+
+def _margins(v: str) -> tuple[float, ...]:
+    from gpmargin.predict.inputs import parse_margins
+
+    if v.lower() == "auto":
+        raise GpmarginError("a sweep needs explicit margins: LO:HI:N or a comma list")
+    return tuple(float(m) for m in parse_margins(v))
+
+
+@dataclasses.dataclass(frozen=True)
+class MarginSweep(Experiment):
+    """Networks trained at controlled margins (module docstring); the data fields plus:
+
+    ``model``/``depth``/``width`` the networks; ``optimizer``, ``loss``, ``lr`` (decayed by
+    ``decay`` per step), ``steps``, ``tol`` (stop at this relative error) their training;
+    ``margins`` x ``seeds`` the units, ``members`` networks per unit, ``ensembles`` the sizes
+    measured; ``gp_kind``: ``"nngp"`` (NNGP predictions) or ``"ntk"`` (gradient-descent ones).
+    """
+
+    model: str = "mlp"
+    depth: int = 5
+    width: int = 2048
+    optimizer: str = "nero"
+    loss: str = "norm"
+    lr: float = 0.01
+    decay: float = 0.99
+    steps: int = 500
+    tol: float | None = None
+    margins: tuple[float, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    members: int = 16
+    ensembles: tuple[int, ...] = (1, 2, 4, 8, 16)
+    gp_kind: str = "nngp"
+
+    FIELDS: ClassVar[dict[str, Field]] = {
+        **DATA_FIELDS, "model": choice(*MODELS), "depth": integer(1), "width": integer(1),
+        "optimizer": choice(*OPTIMIZERS), "loss": choice(*LOSSES), "lr": POSITIVE,
+        "decay": number(0, 1, above=True), "steps": integer(1), "tol": optional(POSITIVE),
+        "margins": Field(_margins, listed(POSITIVE, empty=True).ok, "LO:HI:N or a comma list of positive finite numbers"),
+        "seeds": listed(integer(0), distinct=True), "members": integer(1),
+        "ensembles": Field(_ensembles, listed(integer(1)).ok, "a comma list of ensemble sizes >= 1 (at most members)"),
+        "gp_kind": choice("nngp", "ntk"),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.margins:
+            raise GpmarginError("an experiment needs at least one margin")
+        if any(k > self.members for k in self.ensembles):
+            raise GpmarginError(f"ensemble sizes {self.ensembles} must lie in [1, members={self.members}]")
+
+    def units(self) -> list[dict[str, Any]]:
+        """``{"margin_index", "margin", "seed"}``, seeds outermost (a partial sweep covers every margin)."""
+        return [{"margin_index": i, "margin": float(m), "seed": int(s)}
+                for s in self.seeds for i, m in enumerate(self.margins)]
+
+    def unit_key(self, unit: dict[str, Any]) -> tuple:
+        return (repr(float(unit["margin"])), int(unit["seed"]))
+
+    def run_unit(self, task, unit: dict[str, Any], device) -> dict[str, Any]:
+        from validation.training.ensemble import margin_record
+
+        return margin_record(self, task, unit["margin"], unit["seed"], device)
+
+    def report(self, out, records: list[dict], task=None, device=None, verbose: bool = True) -> dict[str, Any]:
+        from validation.theory.comparison import compare
+
+        return compare(self, out, records, task=task, device=device, verbose=verbose)
+
+    def memory_estimate(self) -> int:
+        """Weights, gradients and two optimiser buffers of ``members`` networks with ``depth - 1``
+        square ``width x width`` layers."""
+        item = 4 if self.dtype == "float32" else 8
+        return 4 * item * self.members * max(self.depth - 1, 1) * self.width ** 2
+
+    def memory_note(self) -> tuple[str, str]:
+        return (f"width={self.width} (depth {self.depth}, {self.members} members, {self.dtype})",
+                "lower width or members with --set")
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """Extra settings of ``make_optimizer(model, optimizer, lr, **kwargs)`` (none here)."""
+        return {}
+
+    def trained_time(self) -> tuple[float, float]:
+        """``(time, learning_rate)`` of neural-tangents' gradient flow that this training is.
+
+        ``steps`` gradient steps of size ``lr * decay**s`` on ``(1/2) mean((f - alpha y)^2)`` (the
+        ``half_mse`` loss, NT's normalisation) move the linearised network by
+        ``exp(-lr * T * Theta / N)`` to first order in the step, ``T = sum_{s < steps} decay**s``
+        (``= steps`` without decay).
+        """
+        d = float(self.decay)
+        T = float(self.steps) if d == 1.0 else (1.0 - d ** self.steps) / (1.0 - d)
+        return T, float(self.lr)

@@ -1,0 +1,68 @@
+"""The predictions a margin sweep is compared with, each one :class:`gpmargin.predict.MarginPredictor`.
+
+Which ones depend on how the networks were trained (``config.gp_kind``, :data:`PREDICTIONS`):
+
+* ``"nngp"`` (Nero with constraints, fig6): the paper's NNGP posterior with the paper's kernel
+  (``paper_mlp(depth)``) and with the exact kernel of Nero-constrained networks;
+* ``"ntk"`` (gradient descent on the squared error, ``gd``): the NNGP posterior, the
+  gradient-descent prediction at infinite time and at the time actually trained
+  (``config.trained_time()``), see :mod:`gpmargin.predict.gradient`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: per ``config.gp_kind``: (column, legend label, kernel constrained?, prediction kind, at the trained time?)
+PREDICTIONS: dict[str, tuple[tuple[str, str, bool, str, bool], ...]] = {
+    "nngp": (("gp_accuracy", "NNGP, paper kernel", False, "nngp", False),
+             ("gp_constrained_accuracy", "NNGP, constrained kernel", True, "nngp", False)),
+    "ntk": (("nngp_accuracy", "NNGP posterior", False, "nngp", False),
+            ("ntk_accuracy", "gradient descent, t = ∞", False, "ntk", False),
+            ("ntk_time_accuracy", "gradient descent at the trained time", False, "ntk", True)),
+}
+
+
+def columns(config) -> list[str]:
+    """Prediction columns of this experiment's comparison."""
+    return [c[0] for c in PREDICTIONS[config.gp_kind]]
+
+
+class Predictor:
+    """One row of :data:`PREDICTIONS` for the experiment's split: its ``column``, ``label``,
+    ``kind``, ``time`` and the :class:`~gpmargin.predict.MarginPredictor` (``predictor``) that
+    gives exact accuracies at any margins from one posterior."""
+
+    def __init__(self, config, task, spec, device=None):
+        from gpmargin.kernels import paper_mlp
+        from gpmargin.predict import MarginPredictor
+
+        self.column, self.label, constrained, self.kind, at_time = spec
+        self.time, self.learning_rate = config.trained_time() if at_time else (None, 1.0)
+        if at_time:
+            self.label = f"gradient descent at t = {self.time:g} (lr {self.learning_rate:g})"
+        self.predictor = MarginPredictor(
+            paper_mlp(config.depth, constrained=constrained), np.asarray(task.x_train), np.asarray(task.y_train),
+            np.asarray(task.x_test), np.asarray(task.y_test), kind=self.kind, time=self.time,
+            learning_rate=self.learning_rate, ensemble=config.ensembles, device=device)
+        self.posterior = self.predictor.posterior
+
+    def accuracy(self, margins) -> np.ndarray:
+        """Predicted test accuracy ``(len(ensembles), len(margins))`` in the caller's margin order."""
+        return self.predictor.accuracy(margins)
+
+    def train_fit(self, margins) -> dict[str, list[float]]:
+        """Predicted training accuracy and relative error of one network (see
+        :meth:`gpmargin.predict.MarginPredictor.train_fit`)."""
+        return self.predictor.train_fit(margins)
+
+
+def predictors(config, task, device=None) -> dict[str, Predictor]:
+    """``{column: Predictor}`` for the experiment's predictions (see :data:`PREDICTIONS`)."""
+    return {spec[0]: Predictor(config, task, spec, device) for spec in PREDICTIONS[config.gp_kind]}
+
+
+def predicted_accuracy(config, task, device=None, margins=None) -> dict[str, np.ndarray]:
+    """``{column: accuracy[len(ensembles), len(margins)]}`` (``margins`` default: the experiment's)."""
+    margins = list(config.margins) if margins is None else [float(m) for m in margins]
+    return {c: p.accuracy(margins) for c, p in predictors(config, task, device).items()}
