@@ -1,73 +1,22 @@
-"""Layer interface shared by every kernel layer, and input validation.
+"""Layer interface shared by every kernel layer.
 
 A layer maps the :class:`~gpmargin.kernels.state.KernelState` of its input (NNGP, NTK and the
 per-example statistics it needs) to the state of its output, in the infinite-width limit and in
 neural-tangents' NTK parameterisation.  Layers are combined with :func:`gpmargin.kernels.serial`;
-every layer is itself a kernel object (``Dense()(x)`` is the kernel of one dense layer).
+every layer is itself a kernel object (``Dense()(x)`` is the kernel of one dense layer), computed
+by :mod:`gpmargin.kernels.engine`, and builds its finite network (:mod:`gpmargin.kernels.network`).
 """
 
 from __future__ import annotations
 
 import inspect
 
-import numpy as np
 import torch
 
 from gpmargin.errors import GpmarginError
+from gpmargin.kernels.engine import kernel_diagonal, kernel_matrix
+from gpmargin.kernels.network import network
 from gpmargin.kernels.state import KernelState, Spec
-
-GETS = ("nngp", "ntk")
-
-
-def parse_get(get) -> tuple[bool, bool, bool]:
-    """Return (want_nngp, want_ntk, as_tuple) for ``get`` in "nngp", "ntk" or ("nngp", "ntk")."""
-    if isinstance(get, str):
-        if get not in GETS:
-            raise GpmarginError(f"get={get!r} is not supported; use 'nngp', 'ntk' or ('nngp', 'ntk')")
-        return get == "nngp", get == "ntk", False
-    get = tuple(get)
-    if get != GETS:
-        raise GpmarginError(f"get={get!r} is not supported; use 'nngp', 'ntk' or ('nngp', 'ntk')")
-    return True, True, True
-
-
-def as_input(x, name: str, device=None) -> torch.Tensor:
-    """Validate one input array and return it as a float64 torch tensor.
-
-    Accepts numpy arrays and torch tensors of a floating dtype, shape (N, d) or (N, C, H, W),
-    non-empty and finite; anything else raises :class:`GpmarginError`.
-    """
-    if isinstance(x, np.ndarray):
-        if not np.issubdtype(x.dtype, np.floating):
-            raise GpmarginError(
-                f"{name} has dtype {x.dtype}; kernels need floating-point inputs (convert with x.astype(float))"
-            )
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        raise GpmarginError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise GpmarginError(f"{name} has dtype {x.dtype}; kernels need floating-point inputs (convert with x.double())")
-    if x.dim() not in (2, 4):
-        raise GpmarginError(
-            f"{name} has shape {tuple(x.shape)}; expected (N, d) for dense networks or (N, C, H, W) for convolutional ones"
-        )
-    if x.numel() == 0:
-        raise GpmarginError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one example with at least one feature")
-    x = x.detach()
-    if device is not None:
-        x = x.to(device)
-    x = x.to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise GpmarginError(f"{name} contains {bad} NaN or infinite value(s); clean the inputs first")
-    return x
-
-
-def input_spec(x: torch.Tensor) -> Spec:
-    if x.dim() == 2:
-        return Spec("vector", (x.shape[1],))
-    return Spec("image", tuple(x.shape[1:]))
-
 
 class _Frozen(type):
     """Metaclass of layers: once constructed, an instance's attributes cannot be rebound."""
@@ -135,21 +84,33 @@ class Layer(metaclass=_Frozen):
         return GpmarginError(f"{self!r} cannot take input of shape {spec.describe()}: {why}")
 
     # -- every layer is a kernel object ------------------------------------------------
-    def __call__(self, x1, x2=None, get="nngp", **kwargs):
-        from gpmargin.kernels.serial import serial
+    def engine_layers(self) -> tuple["Layer", ...]:
+        """The layers the engine runs, in order: this one (a composition lists its own)."""
+        return (self,)
 
-        return serial(self)(x1, x2, get=get, **kwargs)
+    def __call__(self, x1, x2=None, get="nngp", *, batch_size=None, max_memory=None, progress=None):
+        """``k(x1, x2)`` (``x2=None``: ``x1`` against itself, exactly symmetric), computed by
+        :mod:`gpmargin.kernels.engine`; see :class:`gpmargin.kernels.Serial` for the options."""
+        return kernel_matrix(self.engine_layers(), x1, x2, get, batch_size=batch_size, max_memory=max_memory,
+                             progress=progress)
 
-    def diag(self, x, get="nngp", **kwargs):
-        from gpmargin.kernels.serial import serial
+    def diag(self, x, get="nngp", *, max_memory=None, progress=None, batch_size=None):
+        """The 1-D diagonal ``k(x_i, x_i)``, computed without forming the matrix."""
+        return kernel_diagonal(self.engine_layers(), x, get, max_memory=max_memory, progress=progress, batch_size=batch_size)
 
-        return serial(self).diag(x, get=get, **kwargs)
+    def network(self, width, *, in_shape, parameterization: str = "ntk", members: int = 1, seed: int = 0,
+                outputs: int = 1, dtype: torch.dtype = torch.float32, device="cpu"):
+        """The finite networks this kernel is the infinite-width limit of (stax's ``init_fn/apply_fn``).
 
-    def network(self, width, **kwargs):
-        """The finite network of this one layer: see :meth:`gpmargin.kernels.Serial.network`."""
-        from gpmargin.kernels.serial import serial
-
-        return serial(self).network(width, **kwargs)
+        ``width`` units (channels) in every affine layer but the last, which has ``outputs``;
+        ``in_shape`` is one example's shape, ``d`` or ``(C, H, W)``; ``parameterization`` "ntk"
+        (``h = W_std/sqrt(n) theta x + b_std beta``, standard normal parameters) or "standard"
+        (``W ~ N(0, W_std^2/n)``, ``b ~ N(0, b_std^2)``); ``members`` stacked networks, member
+        ``j`` drawn from the generator seeded ``1000 * seed + j``.  Returns a
+        :class:`~gpmargin.kernels.network.Network`, ``(n, *in_shape) -> (members, n, outputs)``.
+        """
+        return network(self, width, in_shape=in_shape, parameterization=parameterization, members=members,
+                       seed=seed, outputs=outputs, dtype=dtype, device=device)
 
     # -- a layer is a value ----------------------------------------------------------------
     def arguments(self) -> dict:

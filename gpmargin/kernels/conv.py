@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.dense import Affine, AffineModule
-from gpmargin.kernels.finite import Flow
+from gpmargin.kernels.dense import Affine
+from gpmargin.kernels.finite import AffineModule, Flow
 from gpmargin.kernels.state import Spec
 
 

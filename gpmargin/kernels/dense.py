@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.base import Layer
-from gpmargin.kernels.finite import Flow, Init
+from gpmargin.kernels.finite import AffineModule, Flow, Init
 from gpmargin.kernels.state import KernelState, Spec
 
 
@@ -105,35 +104,6 @@ class Affine(Layer):
         return mod, out_shape
 
     module_class: type  # the AffineModule subclass of the layer
-
-
-class AffineModule(nn.Module):
-    """A finite affine layer of ``k`` members: ``weight`` ``(k, out, *row)`` (``(out, *row)`` for
-    one unbatched network), optional ``bias`` ``(k, out)``; the pre-activation is
-    ``w_mult * weight . x + b_mult * bias`` (``w_mult = W_std / sqrt(fan_in)``, ``b_mult = b_std``
-    in the NTK parameterisation, both 1 in the standard one)."""
-
-    def __init__(self, layer: Affine, weight: nn.Parameter, bias: nn.Parameter | None, w_mult: float,
-                 b_mult: float, stacked: bool):
-        super().__init__()
-        self.layer = layer
-        self.weight = weight
-        self.bias = bias
-        self.w_mult = float(w_mult)
-        self.b_mult = float(b_mult)
-        self.stacked = stacked
-
-    def stacked_weight(self) -> torch.Tensor:
-        """``(k, out, *row)``, a view."""
-        return self.weight if self.stacked else self.weight[None]
-
-    def stacked_bias(self) -> torch.Tensor | None:
-        if self.bias is None:
-            return None
-        return self.bias if self.stacked else self.bias[None]
-
-    def extra_repr(self) -> str:
-        return f"{self.layer!r}, w_mult={self.w_mult:.4g}, b_mult={self.b_mult:.4g}"
 
 
 class DenseModule(AffineModule):

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.dense import AffineModule
-from gpmargin.kernels.finite import MAX_MEMBERS, PARAMETERIZATIONS, Flow, Init, member_seed, positive_int
+from gpmargin.kernels.engine import plan
+from gpmargin.kernels.finite import MAX_MEMBERS, PARAMETERIZATIONS, AffineModule, Flow, Init, member_seed, positive_int
 from gpmargin.kernels.state import Spec
 
 
@@ -88,8 +88,8 @@ class Network(nn.Module):
             device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise GpmarginError(f"device={device!r} is not a torch device: {exc}") from None
-        layers = kernel.layers
-        kernel._plan(Spec("image" if len(in_shape) == 3 else "vector", in_shape))  # checks the composition
+        layers = kernel.engine_layers()
+        plan(layers, Spec("image" if len(in_shape) == 3 else "vector", in_shape))  # checks the composition
         affine = [i for i, layer in enumerate(layers) if layer.has_units]
         units = dict(zip(affine, parse_widths(width, max(len(affine) - 1, 0)) + [outputs]))
         init = Init(parameterization, seeds, stacked, dtype, device, draw)

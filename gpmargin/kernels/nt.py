@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.base import as_input, parse_get
+from gpmargin.kernels.inputs import as_input, parse_get
 from gpmargin.linalg import mirror_upper
 
 # neural-tangents imports TensorFlow, whose C++ start-up lines (oneDNN, CUDA drivers, CPU features)

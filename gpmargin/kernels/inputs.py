@@ -1,0 +1,61 @@
+"""What a kernel call accepts: the ``get=`` argument, the input arrays, their shape description."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gpmargin.errors import GpmarginError
+from gpmargin.kernels.state import Spec
+
+GETS = ("nngp", "ntk")
+
+
+def parse_get(get) -> tuple[bool, bool, bool]:
+    """Return (want_nngp, want_ntk, as_tuple) for ``get`` in "nngp", "ntk" or ("nngp", "ntk")."""
+    if isinstance(get, str):
+        if get not in GETS:
+            raise GpmarginError(f"get={get!r} is not supported; use 'nngp', 'ntk' or ('nngp', 'ntk')")
+        return get == "nngp", get == "ntk", False
+    get = tuple(get)
+    if get != GETS:
+        raise GpmarginError(f"get={get!r} is not supported; use 'nngp', 'ntk' or ('nngp', 'ntk')")
+    return True, True, True
+
+
+def as_input(x, name: str, device=None) -> torch.Tensor:
+    """Validate one input array and return it as a float64 torch tensor.
+
+    Accepts numpy arrays and torch tensors of a floating dtype, shape (N, d) or (N, C, H, W),
+    non-empty and finite; anything else raises :class:`GpmarginError`.
+    """
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.floating):
+            raise GpmarginError(
+                f"{name} has dtype {x.dtype}; kernels need floating-point inputs (convert with x.astype(float))"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise GpmarginError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise GpmarginError(f"{name} has dtype {x.dtype}; kernels need floating-point inputs (convert with x.double())")
+    if x.dim() not in (2, 4):
+        raise GpmarginError(
+            f"{name} has shape {tuple(x.shape)}; expected (N, d) for dense networks or (N, C, H, W) for convolutional ones"
+        )
+    if x.numel() == 0:
+        raise GpmarginError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one example with at least one feature")
+    x = x.detach()
+    if device is not None:
+        x = x.to(device)
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise GpmarginError(f"{name} contains {bad} NaN or infinite value(s); clean the inputs first")
+    return x
+
+
+def input_spec(x: torch.Tensor) -> Spec:
+    if x.dim() == 2:
+        return Spec("vector", (x.shape[1],))
+    return Spec("image", tuple(x.shape[1:]))
