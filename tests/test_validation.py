@@ -13,6 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -291,3 +292,23 @@ def test_diagnose_with_overrides(mnist_test, tmp_path, capsys):
     assert (rec["config"]["width"], rec["config"]["members"], rec["config"]["ensembles"]) == (16, 1, [1])
     with pytest.raises(GpmarginError, match="width=x"):
         diagnose(["fig6", "--scale", "smoke", "--margins", "0.3", "--set", "width=x"])
+
+
+def test_seeds_are_independent_repetitions_with_error_bars(tmp_path, mnist_test):
+    """Seed s trains on its own data split (data_seed + s) besides its own networks; the report
+    gives each gap statistic per seed and its mean and standard error over seeds, and a seed's
+    statistics are those of a one-seed sweep of that seed (the same computation replayed)."""
+    config = get_experiment("fig6", "smoke").with_overrides(
+        ["seeds=0,1", "margins=0.01,3", "members=2", "ensembles=1,2", "steps=30", "n_train=100", "n_test=300"])
+    a, b = config.seed_data(0).load_task(), config.seed_data(1).load_task()
+    assert config.seed_data(0) is config and not torch.equal(a.x_train, b.x_train)
+    records = run_sweep(config, tmp_path / "s", "cpu", progress=False)
+    summary = config.report(tmp_path / "s", records, device="cpu", verbose=False)
+    sg = summary["gaps_over_seeds"]["gp_accuracy"]
+    assert sg["seeds"] == [0, 1] and sg["mean_abs_gap"]["sem"] is not None
+    assert sg["mean_abs_gap"]["mean"] == pytest.approx(np.mean(sg["mean_abs_gap"]["values"]), rel=1e-12)
+    one = dataclasses.replace(config, seeds=(1,))
+    alone = one.report(tmp_path / "one", [r for r in records if r["seed"] == 1], device="cpu", verbose=False)
+    assert alone["gaps"]["gp_accuracy"]["mean_abs_gap"] == sg["by_seed"]["1"]["mean_abs_gap"]
+    assert alone["gaps_over_seeds"] is None
+    assert isinstance(summary["predictions"]["gp_accuracy"]["transition_margins"], list)

@@ -40,6 +40,10 @@ from validation.theory.predictors import predicted_accuracy
 from validation.training.ensemble import margin_record
 
 ARMS = ("minnorm", "nero", "sgd-early", "sgd-wd")
+#: a Minnorm net counts as a minimum-norm solution when every KKT residual (primal feasibility,
+#: multiplier sign, complementary slackness, stationarity; scale-free, see
+#: ``Minnorm.kkt_residuals``) is at most this; float32 training bounds them below by ~1e-6
+KKT_TOL = 1e-2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +146,16 @@ def nero_norm_product(config) -> float:
     return float(config.width) ** ((config.depth - 1) / 2)
 
 
+def kkt_columns(arm: str, member: dict) -> dict[str, Any]:
+    """``kkt_residual`` (the largest of a Minnorm net's KKT residuals, None when not recorded) and
+    ``kkt_reached`` (at most :data:`KKT_TOL`; None for the other arms)."""
+    if arm != "minnorm":
+        return {"kkt_residual": None, "kkt_reached": None}
+    res = member.get("kkt_residuals")
+    worst = None if res is None else max(res.values())
+    return {"kkt_residual": worst, "kkt_reached": worst is not None and worst <= KKT_TOL}
+
+
 def network_rows(config: MinnormComparison, records: list[dict]) -> list[dict[str, Any]]:
     """One row per trained network: arm, margin, seed, member, accuracies and normalized margins."""
     rows = []
@@ -158,7 +172,8 @@ def network_rows(config: MinnormComparison, records: list[dict]) -> list[dict[st
                          "frobenius_normalized_margin": m["frobenius_normalized_margin"],
                          "spectrally_normalized_margin": m.get("spectrally_normalized_margin_init_ref"),
                          "frobenius_norm_product": float(np.prod(m["frobenius_norms"])),
-                         "support_vectors": (m.get("support_vectors") or {}).get("count")})
+                         "support_vectors": (m.get("support_vectors") or {}).get("count"),
+                         **kkt_columns(r["arm"], m)})
     return rows
 
 
@@ -176,19 +191,28 @@ def compare_minnorm(config: MinnormComparison, out, records: list[dict], task=No
     lo, hi = min(alphas + list(config.margins)), max(alphas + list(config.margins))
     grid = list(np.logspace(np.log10(lo), np.log10(hi), 40))
     base = dataclasses.replace(config, ensembles=(1,))
-    pred = predicted_accuracy(base, task, device, margins=alphas + grid)
-    for col, acc in pred.items():
-        for r, a in zip(fit, acc[0, :len(alphas)]):
-            r[col] = float(a)
+    pred = predicted_accuracy(base, task, device, margins=grid)  # the curve: the mean over the seeds' splits
+    for seed in config.seeds:  # each net against the prediction on its own seed's split
+        mine = [r for r in fit if r["seed"] == seed]
+        if not mine:
+            continue
+        at = predicted_accuracy(dataclasses.replace(base, seeds=(seed,)), task, device,
+                                margins=[r["frobenius_normalized_margin"] * scale for r in mine])
+        for col, acc in at.items():
+            for r, a in zip(mine, acc[0]):
+                r[col] = float(a)
     for r in fit:
         r["gp_margin_alpha"] = r["frobenius_normalized_margin"] * scale
-    curve = {"alpha": grid, **{c: a[0, len(alphas):].tolist() for c, a in pred.items()}}
+    curve = {"alpha": grid, **{c: a[0].tolist() for c, a in pred.items()}}
     summary_arms = {}
     for arm in config.arms:
         ra = [r for r in rows if r["arm"] == arm]
-        fa = [r for r in ra if "gp_accuracy" in r]
+        # a Minnorm net that did not reach its KKT point is not a minimum-norm solution: marked, not counted
+        fa = [r for r in ra if "gp_accuracy" in r and r.get("kkt_reached") is not False]
         summary_arms[arm] = {
-            "networks": len(ra), "with_positive_margin": len(fa),
+            "networks": len(ra), "with_positive_margin": len([r for r in ra if "gp_accuracy" in r]),
+            "kkt_not_reached": sum(1 for r in ra if r.get("kkt_reached") is False) if arm == "minnorm" else None,
+            "compared": len(fa),
             "diverged": sum(1 for r in ra if r.get("diverged")),
             "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in ra if r["test_accuracy"] is not None]))
             if ra else None,
@@ -203,7 +227,8 @@ def compare_minnorm(config: MinnormComparison, out, records: list[dict], task=No
             if fa else None}
     cols = ["arm", "margin", "seed", "member", "test_accuracy", "train_accuracy", "min_train_margin",
             "frobenius_normalized_margin", "spectrally_normalized_margin", "frobenius_norm_product",
-            "gp_margin_alpha", "gp_accuracy", "gp_constrained_accuracy", "support_vectors", "diverged"]
+            "gp_margin_alpha", "gp_accuracy", "gp_constrained_accuracy", "support_vectors", "kkt_residual",
+            "kkt_reached", "diverged"]
     lines = [",".join(cols)] + [",".join("" if r.get(c) is None else str(r.get(c)) for c in cols) for r in rows]
     atomic_write_text(files["csv"], "\n".join(lines) + "\n")
     _plot(config, rows, curve, scale, summary_arms, files["png"])
@@ -217,7 +242,9 @@ def compare_minnorm(config: MinnormComparison, out, records: list[dict], task=No
         for arm, s in summary_arms.items():
             g = s["mean_abs_gap_nn_minus_gp"]
             print(f"{arm:>9}: test acc {s['mean_test_accuracy']:.3f}, mean |nn - gp| "
-                  f"{'n/a' if g is None else f'{g:.3f}'} over {s['with_positive_margin']}/{s['networks']} nets")
+                  f"{'n/a' if g is None else f'{g:.3f}'} over {s['compared']}/{s['networks']} nets"
+                  + (f" ({s['kkt_not_reached']} Minnorm nets not at a KKT point, residual > {KKT_TOL:g})"
+                     if s["kkt_not_reached"] else ""))
     return summary
 
 
@@ -239,13 +266,19 @@ def _plot(config, rows, curve, scale, summary_arms, path) -> None:
                     label="NNGP at α = margin × Nero's Π‖W_l‖_F")
         for arm in config.arms:
             ra = [r for r in rows if r["arm"] == arm and "gp_accuracy" in r and r[key]]
+            off = [r for r in ra if r.get("kkt_reached") is False]
+            if off:  # Minnorm nets away from their KKT point: drawn apart, not as Minnorm solutions
+                ax.scatter([r[key] for r in off], [r["test_accuracy"] for r in off], color="0.55", marker="x", s=24,
+                           label=f"minnorm nets not at a KKT point (residual > {KKT_TOL:g})")
+            ra = [r for r in ra if r.get("kkt_reached") is not False]
             if not ra:
                 continue
             color, marker = ARM_STYLE[arm]
             x = [r[key] for r in ra]
             gap = summary_arms[arm]["mean_abs_gap_nn_minus_gp"]
+            what = "nets at a KKT point" if arm == "minnorm" else "nets"
             ax.scatter(x, [r["test_accuracy"] for r in ra], color=color, marker=marker, s=28,
-                       label=f"{arm} nets (mean |nn−gp| {gap:.3f})")
+                       label=f"{arm} {what} (mean |nn−gp| {gap:.3f})")
             ax.scatter(x, [r["gp_accuracy"] for r in ra], facecolors="none", edgecolors=color, marker=marker, s=60,
                        lw=0.8)
         ax.set_xscale("log")

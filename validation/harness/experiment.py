@@ -16,7 +16,8 @@ call, the same for every experiment:
 ``unit_key(unit)``              what identifies a unit, or the record it produced, on resume
 ``run_unit(task, unit, dev)``   train and measure one unit; returns its record (a dict)
 ``report(out, records, ...)``   the comparison files written from all records
-``load_task()``                 the data split (``gpmargin.data.make_task``)
+``load_task()``                 the data split (``gpmargin.data.make_task``); ``unit_data(unit)``
+                                the config whose split a unit trains on
 ==============================  ==========================================================
 
 Adding an experiment is one module in :mod:`validation.experiments` with a subclass (``name``,
@@ -147,6 +148,10 @@ class Experiment:
     def task_key(self) -> tuple:
         """What identifies the data split (a worker keeps one split per key)."""
         return (self.dataset, self.task, self.n_train, self.n_test, self.data_seed, self.carve_from)
+
+    def unit_data(self, unit: dict[str, Any]) -> "Experiment":
+        """The config whose :meth:`load_task` is ``unit``'s data split (default: one split for all)."""
+        return self
 
     def units(self) -> list[dict[str, Any]]:
         """The units of work, plain dicts, in the order they run."""

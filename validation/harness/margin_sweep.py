@@ -2,7 +2,8 @@
 
 :class:`MarginSweep` is the experiment kind of ``fig6``, ``gd`` and ``minnorm``: the unit of
 work is one (margin, seed), ``members`` networks trained together as one batched ensemble
-(member ``j`` with seed ``1000 * seed + j``) to targets ``alpha * y``
+(member ``j`` with seed ``1000 * seed + j``) to targets ``alpha * y`` on the seed's own data split
+(split seed ``data_seed + seed``, so seeds are independent repetitions)
 (:func:`validation.training.ensemble.margin_record`), and the report sets their accuracies
 against the GP theory (:func:`validation.theory.comparison.compare`).  Ensemble accuracies for
 a size ``k`` are measured on the disjoint groups ``{0..k-1}, {k..2k-1}, ...`` of the members
@@ -88,6 +89,14 @@ class MarginSweep(Experiment):
 
     def unit_key(self, unit: dict[str, Any]) -> tuple:
         return (repr(float(unit["margin"])), int(unit["seed"]))
+
+    def unit_data(self, unit: dict[str, Any]) -> "MarginSweep":
+        """Seed ``s`` draws its own data split, ``data_seed + s``, besides its own networks: repeated
+        seeds are independent repetitions of the whole experiment."""
+        return self.seed_data(int(unit["seed"]))
+
+    def seed_data(self, seed: int) -> "MarginSweep":
+        return self if seed == 0 else dataclasses.replace(self, data_seed=self.data_seed + seed)
 
     def run_unit(self, task, unit: dict[str, Any], device) -> dict[str, Any]:
         from validation.training.ensemble import margin_record

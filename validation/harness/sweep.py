@@ -46,8 +46,8 @@ def cached_task(config: Experiment):
 
 def sweep_unit(config: Experiment, unit: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """One unit of the sweep where it runs (in this process or on a worker): the experiment's
-    ``run_unit`` on the cached data split."""
-    return config.run_unit(cached_task(config), unit, device)
+    ``run_unit`` on the cached data split of that unit (:meth:`Experiment.unit_data`)."""
+    return config.run_unit(cached_task(config.unit_data(unit)), unit, device)
 
 
 def check_memory(config) -> None:

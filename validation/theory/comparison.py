@@ -20,8 +20,15 @@ import numpy as np
 
 from gpmargin.io import atomic_savefig, atomic_write_json, atomic_write_text, run_metadata
 from validation.harness.folders import output_path
-from validation.theory.gaps import gap_statistics, gap_summary_line, measured_accuracy, measured_grid
-from validation.theory.predictors import Predictor, predictors
+from validation.theory.gaps import (
+    gap_statistics,
+    gap_statistics_over_seeds,
+    gap_summary_line,
+    measured_accuracy,
+    measured_grid,
+    transition_margins,
+)
+from validation.theory.predictors import SeedAveraged, predictors
 
 
 def comparison_rows(config, measured, predicted) -> list[dict[str, Any]]:
@@ -52,7 +59,8 @@ STYLES = ("-", "--", "-.", ":")
 
 
 def plot(config, rows: list[dict[str, Any]], path: Path, gap: dict[str, Any],
-         curves: tuple[np.ndarray, dict[str, np.ndarray]], labels: dict[str, str]) -> Path:
+         curves: tuple[np.ndarray, dict[str, np.ndarray]], labels: dict[str, str],
+         seeds: dict[str, Any] | None = None) -> Path:
     """One panel per ensemble size: measured points, every prediction on a dense grid, and each
     prediction's largest gap in that panel drawn as a segment (its size in the legend)."""
     import matplotlib
@@ -92,8 +100,15 @@ def plot(config, rows: list[dict[str, Any]], path: Path, gap: dict[str, Any],
                ncol=min(4, len(cacc) + 1), fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.0))
     changed = config.overrides()
     label = config.scale + (", set " + " ".join(f"{k}={_short(v)}" for k, v in changed.items()) if changed else "")
-    mean = "; ".join(f"{labels[c]} {100 * g['mean_abs_gap']:.2f} points (max {100 * g['max_abs_gap']:.1f})"
+    def spread(c, name):  # "± s.e. over seeds" when the sweep has several
+        sg = (seeds or {}).get(c)
+        return f" ± {100 * sg[name]['sem']:.2f}" if sg and sg[name]["sem"] is not None else ""
+
+    mean = "; ".join(f"{labels[c]} {100 * g['mean_abs_gap']:.2f}{spread(c, 'mean_abs_gap')} points "
+                     f"(max {100 * g['max_abs_gap']:.1f}{spread(c, 'max_abs_gap')})"
                      for c, g in gap.items() if g is not None) or "nothing measured"
+    if seeds:
+        mean += f"; ± : s.e. over {len(config.seeds)} seeds, each on its own data split"
     fig.suptitle(f"{config.name} ({label}): {config.dataset} {config.task}, n_train={config.n_train}, "
                  f"depth {config.depth}, width {config.width}, {config.optimizer}, {config.steps} steps\n"
                  f"mean |nn − prediction|: {mean}", fontsize=8)
@@ -103,7 +118,7 @@ def plot(config, rows: list[dict[str, Any]], path: Path, gap: dict[str, Any],
     return path
 
 
-def training_fit(config, records: list[dict], preds: dict[str, Predictor]) -> list[dict]:
+def training_fit(config, records: list[dict], preds: dict[str, SeedAveraged]) -> list[dict]:
     """Per margin: how close the trained networks' training outputs came to ``alpha * y`` (mean over
     members of ``||f(X) - aY|| / ||aY||`` and train accuracy) next to what each prediction says."""
     out = []
@@ -132,6 +147,11 @@ def compare(config, out: str | os.PathLike, records: list[dict], task=None,
     predicted = {c: p.accuracy(config.margins) for c, p in preds.items()}
     curves = (dense, {c: p.accuracy(dense) for c, p in preds.items()})
     gap = {c: gap_statistics(config.margins, config.ensembles, grid, p.accuracy) for c, p in preds.items()}
+    seeds = {c: gap_statistics_over_seeds(config, records, {s: q.accuracy for s, q in p.per_seed.items()})
+             for c, p in preds.items()} if len(config.seeds) > 1 else None
+    chance = 0.5 if getattr(task, "num_classes", 2) <= 2 else 1.0 / task.num_classes
+    transition = {c: transition_margins(config.margins, predicted[c][0], chance, p.limit_accuracy())
+                  for c, p in preds.items()}
     rows = comparison_rows(config, measured, predicted)
     buf = io.StringIO()
     cols = ["margin", "ensemble", "nn_accuracy", "nn_accuracy_sem", *preds, "nn_groups"]
@@ -142,12 +162,12 @@ def compare(config, out: str | os.PathLike, records: list[dict], task=None,
     files = {ext: str(output_path(config, out, f"comparison.{ext}")) for ext in ("csv", "png", "json")}
     atomic_write_text(files["csv"], buf.getvalue())
     labels = {c: p.label for c, p in preds.items()}
-    plot(config, rows, files["png"], gap, curves, labels)
+    plot(config, rows, files["png"], gap, curves, labels, seeds)
     summary = {"experiment": config.name, "scale": config.scale, "overrides": config.overrides(),
                "config_hash": config.config_hash(),
                "predictions": {c: {"label": p.label, "kind": p.kind, "time": p.time, "learning_rate": p.learning_rate,
-                                   "jitter": float(p.posterior.jitter)} for c, p in preds.items()},
-               "gaps": gap, "rows": rows, "units": len(records), "files": files,
+                                   "jitter": p.jitter, "transition_margins": transition[c]} for c, p in preds.items()},
+               "gaps": gap, "gaps_over_seeds": seeds, "rows": rows, "units": len(records), "files": files,
                "metadata": run_metadata(device, data_info=getattr(task, "info", None))}
     if config.gp_kind == "ntk":
         summary["training_fit"] = training_fit(config, records, preds)
@@ -156,4 +176,14 @@ def compare(config, out: str | os.PathLike, records: list[dict], task=None,
         for col, g in gap.items():
             if g is not None:
                 print(gap_summary_line(labels[col], g))
+            if seeds and seeds[col]:
+                sg = seeds[col]
+
+                def pm(name):
+                    return f"{100 * sg[name]['mean']:.2f} ± {100 * sg[name]['sem']:.2f}"
+
+                print(f"  over {len(sg['seeds'])} seeds (each on its own split, mean ± s.e.): mean |gap| "
+                      f"{pm('mean_abs_gap')} pts, max {pm('max_abs_gap')} pts, signed {pm('mean_signed_gap')}; "
+                      f"shift c = {sg['shift_factor']['mean']:.3g} ± {sg['shift_factor']['sem']:.2g}; "
+                      f"{len(transition[col])} margins in the transition")
     return summary

@@ -99,3 +99,52 @@ def gap_summary_line(name: str, g: dict[str, Any]) -> str:
     return (f"{name}: mean |gap| {100 * g['mean_abs_gap']:.2f} pts, max {100 * g['max_abs_gap']:.2f} pts "
             f"(α={g['max_gap_margin']:.3g}, k={g['max_gap_ensemble']}), signed mean {100 * g['mean_signed_gap']:+.2f}; "
             f"best shift c={s['factor']:.3g}: mean {100 * s['mean_abs_gap']:.2f}, max {100 * s['max_abs_gap']:.2f} pts")
+
+
+#: the scalar gap statistics summarised over seeds (``margin_shift`` ones prefixed ``shift_``)
+SEED_STATISTICS = ("mean_abs_gap", "max_abs_gap", "mean_signed_gap", "shift_factor", "shift_mean_abs_gap",
+                   "shift_max_abs_gap")
+
+
+def over_seeds(values: list[float]) -> dict[str, Any]:
+    """``mean``, standard error ``sem`` (``std(ddof=1) / sqrt(S)``, None for one seed), ``min``,
+    ``max`` and the ``values`` of one statistic across ``S`` seeds."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "sem": float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else None,
+            "min": float(v.min()), "max": float(v.max()), "values": [float(x) for x in v]}
+
+
+def gap_statistics_over_seeds(config, records: list[dict], per_seed_predict: dict[int, Callable]) -> dict[str, Any] | None:
+    """The gap statistics of each seed on its own (its networks against the prediction on its own
+    data split, ``per_seed_predict[seed](margins)``), and each scalar statistic's mean, standard
+    error and range over seeds (:data:`SEED_STATISTICS`): how much the gap itself varies between
+    independent repetitions.  ``by_seed`` keeps every seed's full statistics (where the max is...)."""
+    by_seed = {}
+    for seed, predict in per_seed_predict.items():
+        mine = [r for r in records if int(r["seed"]) == int(seed)]
+        grid = measured_grid(config, measured_accuracy(config, mine))
+        g = gap_statistics(config.margins, config.ensembles, grid, predict)
+        if g is not None:
+            by_seed[int(seed)] = g
+    if not by_seed:
+        return None
+    flat = {name: [] for name in SEED_STATISTICS}
+    for g in by_seed.values():
+        for name in SEED_STATISTICS:
+            if name.startswith("shift_"):
+                key = name.removeprefix("shift_")
+                flat[name].append(g["margin_shift"]["factor" if key == "factor" else key])
+            else:
+                flat[name].append(g[name])
+    return {"seeds": sorted(by_seed), **{name: over_seeds(v) for name, v in flat.items()},
+            "by_seed": {str(s): g for s, g in by_seed.items()}}
+
+
+def transition_margins(margins, predicted: np.ndarray, chance: float, limit: float,
+                       band: tuple[float, float] = (0.1, 0.9)) -> list[float]:
+    """The margins where a single network's predicted accuracy ``predicted`` (one per margin) lies
+    between 10 % and 90 % of the way from ``chance`` to ``limit`` (the transition, where a gap can show)."""
+    if not limit > chance:
+        return []
+    frac = (np.asarray(predicted, dtype=np.float64) - chance) / (limit - chance)
+    return [float(m) for m, f in zip(margins, frac) if band[0] <= f <= band[1]]

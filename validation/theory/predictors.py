@@ -7,6 +7,9 @@ Which ones depend on how the networks were trained (``config.gp_kind``, :data:`P
 * ``"ntk"`` (gradient descent on the squared error, ``gd``): the NNGP posterior, the
   gradient-descent prediction at infinite time and at the time actually trained
   (``config.trained_time()``), see :mod:`gpmargin.predict.gradient`.
+
+Each seed of a sweep trains on its own data split, so each prediction is made per seed and
+averaged (:class:`SeedAveraged`).
 """
 
 from __future__ import annotations
@@ -57,9 +60,41 @@ class Predictor:
         return self.predictor.train_fit(margins)
 
 
-def predictors(config, task, device=None) -> dict[str, Predictor]:
-    """``{column: Predictor}`` for the experiment's predictions (see :data:`PREDICTIONS`)."""
-    return {spec[0]: Predictor(config, task, spec, device) for spec in PREDICTIONS[config.gp_kind]}
+class SeedAveraged:
+    """One prediction over the seeds of a sweep, each seed with its own data split: the mean over
+    seeds of the per-seed predictions (the expected accuracy over data draws); ``per_seed`` keeps
+    them (``{seed: Predictor}``).  With one seed it is that seed's prediction exactly."""
+
+    def __init__(self, per_seed: dict[int, Predictor]):
+        self.per_seed = per_seed
+        first = next(iter(per_seed.values()))
+        self.column, self.label, self.kind = first.column, first.label, first.kind
+        self.time, self.learning_rate = first.time, first.learning_rate
+        self.jitter = max(float(p.posterior.jitter) for p in per_seed.values())
+
+    def accuracy(self, margins) -> np.ndarray:
+        return np.mean([p.accuracy(margins) for p in self.per_seed.values()], axis=0)
+
+    def train_fit(self, margins) -> dict[str, list[float]]:
+        fits = [p.train_fit(margins) for p in self.per_seed.values()]
+        return {k: [float(v) for v in np.mean([f[k] for f in fits], axis=0)] for k in fits[0]}
+
+    def limit_accuracy(self) -> float:
+        """Accuracy as ``alpha -> inf``, averaged over seeds."""
+        return float(np.mean([p.predictor.curve([1.0]).limit_accuracy for p in self.per_seed.values()]))
+
+
+def predictors(config, task=None, device=None) -> dict[str, SeedAveraged]:
+    """``{column: SeedAveraged}`` for the experiment's predictions (see :data:`PREDICTIONS`), one
+    per seed on the seed's data split (``config.seed_data(seed)``; ``task``: ``config.load_task()``
+    when the caller has it, used for the seed whose split it is)."""
+    per_seed: dict[str, dict[int, Predictor]] = {spec[0]: {} for spec in PREDICTIONS[config.gp_kind]}
+    for seed in config.seeds:
+        data = config.seed_data(seed)
+        split = task if (task is not None and data is config) else data.load_task()
+        for spec in PREDICTIONS[config.gp_kind]:
+            per_seed[spec[0]][int(seed)] = Predictor(config, split, spec, device)
+    return {c: SeedAveraged(p) for c, p in per_seed.items()}
 
 
 def predicted_accuracy(config, task, device=None, margins=None) -> dict[str, np.ndarray]:

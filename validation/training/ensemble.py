@@ -99,6 +99,10 @@ def margin_record(config, task, margin: float, seed: int, device: torch.device) 
             order = sorted(idx, key=lambda i: -float(lam[j, i]))
             per_member[j]["support_vectors"] = {"count": len(idx), "top_indices": order[:SUPPORT_KEPT],
                                                 "top_multipliers": [float(lam[j, i]) for i in order[:SUPPORT_KEPT]]}
+        # how far each member is from a KKT point of its min-norm problem (the report judges them)
+        kkt = u["optimizer"].kkt_residuals(model(x_tr), targets.to(x_tr))
+        for j in range(config.members):
+            per_member[j]["kkt_residuals"] = {name: float(v.reshape(-1)[j]) for name, v in kkt.items()}
     hist = res.loss_history
     checkpoints = {str(s): hist[s].tolist() for s in LOSS_CHECKPOINTS if s < hist.shape[0]}
     checkpoints[str(res.steps)] = res.final_loss.tolist()

@@ -193,6 +193,63 @@ class Minnorm(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
 
+    def kkt_residuals(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        r"""How far the current weights and multipliers are from a KKT point of
+        :math:`\min_W \mu \sum_l n(W_l)` s.t. :math:`c_i(W) \le 0` (classification) or
+        :math:`= 0` (regression), on the full training set (``outputs = model(X)``, with grad).
+
+        Returns per network (``(k,)``, or 0-d without ``batch_dims``), each scale-free:
+
+        ``primal``         :math:`\max_i c_i^+ / \alpha` (regression: :math:`\max |c_i| / \max |T|`);
+        ``dual``           :math:`\max_i (-\lambda_i)^+ / \max_i |\lambda_i|` (0 by the projection;
+                           regression has free multipliers: 0);
+        ``complementary``  :math:`\max_i |\lambda_i c_i| / \sum_i \lambda_i \alpha_i` (classification; 0 for
+                           regression, where every constraint is active);
+        ``stationarity``   :math:`\|\nabla_W L\| / (\|\mu \nabla_W \sum n\| + \|\nabla_W \sum_i \lambda_i c_i\|)`
+                           (the plain Lagrangian, no augmented penalty).
+        """
+        if self.multipliers is None:
+            raise GpmarginError("Minnorm.kkt_residuals needs the multipliers of at least one step")
+        params = [p for g in self.param_groups for p in g["params"]]
+        t = targets.to(outputs.dtype)
+        c = constraint_values(outputs, t, self.constraint)
+        lam = self.multipliers.to(c.dtype)
+        g_norm = torch.autograd.grad(self.norm_weight * self.norm_term(), params, retain_graph=True, allow_unused=True)
+        g_cons = torch.autograd.grad((lam * c).sum(), params, allow_unused=True)
+
+        def per_member(tensors):  # sum of squares per network: (k,) or 0-d
+            total = 0.0
+            for g in tensors:
+                if g is None:
+                    continue
+                g = g.double()
+                flat = g.reshape(g.shape[0], -1) if self.batch_dims else g.reshape(1, -1)
+                total = total + flat.square().sum(-1)
+            return total if self.batch_dims else total[0]
+
+        both = [None if a is None and b is None else (0 if a is None else a) + (0 if b is None else b)
+                for a, b in zip(g_norm, g_cons)]
+        lagr, norm_part, cons_part = (per_member(x).sqrt() for x in (both, g_norm, g_cons))
+        stationarity = lagr / (norm_part + cons_part).clamp_min(1e-300)
+        dims = tuple(range(self.batch_dims, c.dim()))
+        c, t = c.detach().double(), t.double()  # residuals in float64 whatever the training precision
+        if self.constraint == "regression":
+            scale = t.abs().amax().clamp_min(1e-300)
+            primal = c.abs().amax(dim=dims) / scale
+            zero = torch.zeros_like(primal)
+            return {"primal": primal, "dual": zero, "complementary": zero, "stationarity": stationarity.detach()}
+        if t.shape[-1] == 1:
+            alpha = t[..., 0].abs()
+        else:
+            alpha = t.max(dim=-1).values
+        alpha = alpha.expand_as(c)
+        primal = (c.clamp_min(0) / alpha).amax(dim=dims)
+        lam = lam.detach().double()
+        lam_max = lam.abs().amax(dim=dims).clamp_min(1e-300)
+        dual = (-lam).clamp_min(0).amax(dim=dims) / lam_max
+        complementary = (lam * c).abs().amax(dim=dims) / (lam * alpha).sum(dim=dims).clamp_min(1e-300)
+        return {"primal": primal, "dual": dual, "complementary": complementary, "stationarity": stationarity.detach()}
+
     def support(self, threshold: float = 0.0) -> list[list[int]]:
         """Indices of the support vectors (examples with a multiplier ``> threshold``; for
         regression, any output's ``|lambda|``), one list per ensemble member."""
