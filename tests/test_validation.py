@@ -245,9 +245,9 @@ def test_config_roundtrip_and_scales():
 
 def test_config_overrides():
     q = get_experiment("fig6", "quick")
-    c = q.with_overrides(["width=2048", "members=3", "ensembles=1,2", "margins=1e-3:1e1:5", "n_test=none",
+    c = q.with_overrides(["width=2048", "members=3", "ensembles=1,3", "margins=1e-3:1e1:5", "n_test=none",
                           "lr = 0.02"])
-    assert (c.width, c.members, c.ensembles, c.n_test, c.lr) == (2048, 3, (1, 2), None, 0.02)
+    assert (c.width, c.members, c.ensembles, c.n_test, c.lr) == (2048, 3, (1, 3), None, 0.02)
     assert len(c.margins) == 5 and abs(c.margins[0] - 1e-3) < 1e-15 and abs(c.margins[-1] - 10) < 1e-12
     assert c.config_hash() != q.config_hash()
     assert set(c.overrides()) == {"width", "members", "ensembles", "margins", "n_test", "lr"}
