@@ -44,6 +44,7 @@ class Activation(Layer):
     """Base class: shape-preserving; the mean over units is known only after a linear layer."""
 
     maps_dist = True
+    gaussian_out = False
 
     def out_spec(self, spec: Spec) -> Spec:
         return Spec(spec.kind, spec.shape)
@@ -347,6 +348,8 @@ class Erf(Activation):
 
 class Identity(Activation):
     """``phi(x) = x``: the kernel passes through unchanged."""
+
+    gaussian_out = None
 
     def out_mean(self, mean, var, spec):
         return mean

@@ -38,7 +38,9 @@ class Layer(metaclass=_Frozen):
     Subclasses implement ``out_spec`` (shape checking), ``apply`` (the kernel map, in place
     where possible) and ``out_mean`` (mean over units of the output features, used by
     ``Centred``), and may set ``needs_full_spatial`` (reads pairs of distinct positions) or
-    ``supports_ntk = False``.  A layer that maps the pair distance ``st.dist`` (see
+    ``supports_ntk = False``; ``gaussian_out`` says whether its outputs are zero-mean Gaussian
+    processes (True for affine layers, False for nonlinearities, None: as its inputs), which the
+    fan-in combinators require of their branches, as neural-tangents does.  A layer that maps the pair distance ``st.dist`` (see
     :mod:`gpmargin.kernels.state`) sets ``maps_dist = True``; one that needs it (an angle near 0)
     sets ``uses_dist = True``.  The driver drops ``dist`` before a layer that does not map it.
 
@@ -52,6 +54,8 @@ class Layer(metaclass=_Frozen):
     has_units = False
     maps_dist = False
     uses_dist = False
+    gaussian_out: bool | None = None  # output zero-mean Gaussian: True (affine), False, None (as the input)
+    takes_branches = False  # a combinator acting on the tuple of branch states (FanOut, parallel, FanIn*)
 
     # -- interface -------------------------------------------------------------------
     def out_spec(self, spec: Spec) -> Spec:  # pragma: no cover - abstract
@@ -79,6 +83,11 @@ class Layer(metaclass=_Frozen):
             f"network(): the layer {self!r} has no finite network to build (it defines only a kernel map); "
             "use layers from gpmargin.kernels (Dense, Conv2d, activations, Flatten, GlobalAvgPool, Centred)"
         )
+
+    def build(self, in_shape, units, init) -> tuple[torch.nn.Module, tuple]:
+        """The finite layer, drawing its number of units from ``units()`` when it has some
+        (combinators build their branches, see :func:`gpmargin.kernels.finite.build_chain`)."""
+        return self.module(in_shape, units() if self.has_units else None, init)
 
     def fail(self, spec: Spec, why: str) -> GpmarginError:
         return GpmarginError(f"{self!r} cannot take input of shape {spec.describe()}: {why}")

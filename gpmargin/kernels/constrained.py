@@ -77,6 +77,7 @@ class Centred(Layer):
     supports_ntk = False
     has_units = True
     maps_dist = True
+    gaussian_out = True
 
     def __init__(self, layer: Affine):
         if not isinstance(layer, Affine):

@@ -20,6 +20,7 @@ class Affine(Layer):
     b_std: float | None
 
     maps_dist = True
+    gaussian_out = True
 
     def linear(self, st: KernelState, nngp: torch.Tensor, dist: torch.Tensor | None = None) -> KernelState:
         """Finish the layer from the input covariance ``nngp`` averaged over a weight row's inputs.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -96,55 +97,135 @@ def _input_pair(x1, x2, layout, want_ntk, out_nngp=None, out_ntk=None) -> Kernel
     return KernelState(nngp, ntk, None, None, None, None, layout, pair=True)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One layer of a description as the engine runs it: ``layer`` acts on the branch at ``path``
+    (indices into the nested tuple of branches, ``()`` outside any ``parallel``); ``where`` names
+    its position for errors.  ``check`` marks a ``parallel``'s own step, which only checks that it
+    gets one input per branch (its branches follow as steps of their own)."""
+
+    layer: object
+    path: tuple
+    where: str
+    check: bool = False
+
+
+def compile_steps(layers, path: tuple = (), where: str = "") -> list[Step]:
+    """The steps of ``layers`` in the order they run: a ``parallel``'s branches one after the other."""
+    steps = []
+    for i, layer in enumerate(layers):
+        here = f"{where}layer {i + 1} of {len(layers)}"
+        branches = getattr(layer, "branches", None)
+        if branches is None:
+            steps.append(Step(layer, path, here))
+            continue
+        steps.append(Step(layer, path, here, check=True))
+        for j, branch in enumerate(branches):
+            steps += compile_steps(branch.engine_layers(), path + (j,), f"{here}, branch {j + 1} of {len(branches)}: ")
+    return steps
+
+
+def _get(tree, path: tuple):
+    for j in path:
+        tree = tree[j]
+    return tree
+
+
+def _put(tree, path: tuple, value):
+    """``tree`` with the entry at ``path`` replaced by ``value`` (nested tuples, rebuilt along the path)."""
+    if not path:
+        return value
+    parts = list(tree)
+    parts[path[0]] = _put(parts[path[0]], path[1:], value)
+    return tuple(parts)
+
+
+def _leaves(tree) -> int:
+    return 1 if not isinstance(tree, tuple) else sum(_leaves(t) for t in tree)
+
+
+def _walk(steps: list[Step], spec: Spec):
+    """Shape-check ``steps`` for inputs of ``spec``: ``(output spec, input spec of every step,
+    largest image size, whether any image layer reads distinct positions, most branches at once)``."""
+    tree, specs, biggest, needs_full, width = spec, [], 1, False, 1
+    for step in steps:
+        s = _get(tree, step.path)
+        specs.append(s)
+        layer = step.layer
+        try:
+            if step.check:
+                layer.check_branches(s)
+                continue
+            if not layer.takes_branches and not isinstance(s, Spec):
+                raise GpmarginError(f"{layer!r} gets {len(s)} branches; join them first with FanInSum(), "
+                                    "FanInConcat() or FanInProd()")
+            out = layer.out_spec(s)
+        except GpmarginError as exc:
+            raise GpmarginError(f"{step.where}: {exc}") from None
+        for leaf in (s if isinstance(s, tuple) else (s,)):
+            if isinstance(leaf, Spec) and leaf.kind == "image":
+                biggest = max(biggest, leaf.shape[1] * leaf.shape[2])
+                needs_full = needs_full or layer.needs_full_spatial
+        if not layer.takes_branches:
+            out = replace(out, gaussian=s.gaussian if layer.gaussian_out is None else layer.gaussian_out)
+        tree = _put(tree, step.path, out)
+        width = max(width, _leaves(tree))
+    return tree, specs, biggest, needs_full, width
+
+
+def propagate(layers, spec: Spec):
+    """The output spec (or tuple of branch specs) of ``layers`` for inputs of ``spec``."""
+    return _walk(compile_steps(layers), spec)[0]
+
+
 class Engine:
     """Evaluates the kernel of ``layers`` (applied in order); ``name`` is the description in errors."""
 
     def __init__(self, layers: tuple):
         self.layers = tuple(layers)
+        self.steps = compile_steps(self.layers)
         self.name = "serial(" + ", ".join(repr(layer) for layer in self.layers) + ")"
 
     # -- planning ---------------------------------------------------------------------
     def plan(self, spec: Spec) -> tuple[str, int, list[Spec]]:
         """Check the composition for inputs of ``spec``.
 
-        Returns the input layout, the largest spatial size of a kernel entry, and the input
-        spec of every layer.
+        Returns the input layout, the memory of a kernel entry in numbers (largest spatial size,
+        times the most branches alive at once), and the input spec of every step.
         """
-        biggest = 1
-        needs_full = False
-        s = spec
-        specs = []
-        for i, layer in enumerate(self.layers):
-            specs.append(s)
-            if s.kind == "image":
-                biggest = max(biggest, s.shape[1] * s.shape[2])
-                needs_full = needs_full or layer.needs_full_spatial
-            try:
-                s = layer.out_spec(s)
-            except GpmarginError as exc:
-                raise GpmarginError(f"layer {i + 1} of {len(self.layers)}: {exc}") from None
-        if s.kind != "vector":
+        out, specs, biggest, needs_full, width = _walk(self.steps, spec)
+        if isinstance(out, tuple):
+            raise GpmarginError(f"the network {self.name} ends with {len(out)} branches; join them with FanInSum(), "
+                                "FanInConcat() or FanInProd()")
+        if out.kind != "vector":
             raise GpmarginError(
-                f"the network {self.name} ends with {s.describe()} outputs; finish it with Flatten() or "
+                f"the network {self.name} ends with {out.describe()} outputs; finish it with Flatten() or "
                 "GlobalAvgPool() so the kernel is one number per pair of inputs"
             )
         if spec.kind == "vector":
-            return "vector", 1, specs
+            return "vector", width, specs
         layout = "full" if needs_full else "diag"
-        return layout, (biggest**2 if layout == "full" else biggest), specs
+        return layout, (biggest**2 if layout == "full" else biggest) * width, specs
 
     def _dist_needed(self) -> list[bool]:
         """``needs[i]``: whether layer ``i`` or a later one uses the pair distance (one entry
         per layer, plus a last ``False``)."""
-        needs = [False] * (len(self.layers) + 1)
-        for i in range(len(self.layers) - 1, -1, -1):
-            needs[i] = needs[i + 1] or self.layers[i].uses_dist
+        needs = [False] * (len(self.steps) + 1)
+        for i in range(len(self.steps) - 1, -1, -1):
+            needs[i] = needs[i + 1] or (not self.steps[i].check and self.steps[i].layer.uses_dist)
         return needs
 
     def _layers_pass(self, st, stats1, stats2, aux1, aux2, specs, needs, at1, at2) -> KernelState:
-        """Push a pair state through every layer; ``at1``/``at2`` select its first / second members
+        """Push a pair state through every step; ``at1``/``at2`` select its first / second members
         in the per-example statistics (slices for a tile, index tensors for ``points``)."""
-        for i, layer in enumerate(self.layers):
+        tree = st
+        for i, step in enumerate(self.steps):
+            if step.check:
+                continue
+            if step.layer.takes_branches:
+                tree = _put(tree, step.path, step.layer.combine(_get(tree, step.path), specs[i], needs[i + 1]))
+                continue
+            st = _get(tree, step.path)
             var1, mean1 = stats1[i]
             var2, mean2 = stats2[i]
             st.var1, st.var2 = var1[at1], var2[at2]
@@ -153,8 +234,8 @@ class Engine:
             st.spec = specs[i]
             st.aux1 = _rows_of(aux1[i], at1)
             st.aux2 = _rows_of(aux2[i], at2)
-            st = _apply(layer, st, needs, i)
-        return st
+            tree = _put(tree, step.path, _apply(step.layer, st, needs, i))
+        return tree
 
     @staticmethod
     def _points(x1, x2, i, j, want_ntk, stats1, stats2) -> KernelState:
@@ -162,16 +243,21 @@ class Engine:
         a, b = x1[i], x2[j]
         d = a.shape[1]
         nngp = (a * b).sum(1).div_(d)
-        st = KernelState(nngp, torch.zeros_like(nngp) if want_ntk else None, stats1[0][0][i], stats2[0][0][j],
+        st = KernelState(nngp, torch.zeros_like(nngp) if want_ntk else None, None, None,
                          None, None, "vector", pair=False, points=True)
         st.dist = (a - b).square_().sum(1).div_(d)
         return st
 
     def _check_ntk(self, want_ntk: bool) -> None:
         if want_ntk:
-            for layer in self.layers:
-                if not layer.supports_ntk:
-                    raise GpmarginError(layer.ntk_unsupported_reason())
+            for step in self.steps:
+                if not step.check and not step.layer.supports_ntk:
+                    raise GpmarginError(step.layer.ntk_unsupported_reason())
+
+    def _precomputed(self, stats) -> list:
+        """Every layer's ``precompute`` of its input statistics (``None`` for combinators)."""
+        return [None if var is None else step.layer.precompute(var, mean)
+                for step, (var, mean) in zip(self.steps, stats)]
 
     # -- the self pass ------------------------------------------------------------------
     def _self_pass(self, x, plan, want_ntk, max_memory, progress):
@@ -180,14 +266,21 @@ class Engine:
         n = x.shape[0]
         per_example = 8 * spatial * (3 + _SCRATCH)
         chunk = max(1, min(n, max_memory // max(per_example, 1)))
-        stats: list[list] = [[[], []] for _ in self.layers]
+        stats: list[list] = [[[], []] for _ in self.steps]
         out_nngp, out_ntk = [], []
         starts = range(0, n, chunk)
         needs = self._dist_needed()
         for r0 in _progress(starts, progress, "kernel diag"):
             xs = x[r0 : r0 + chunk]
-            st = _input_self(xs, layout, want_ntk, needs[0])
-            for i, layer in enumerate(self.layers):
+            tree = _input_self(xs, layout, want_ntk, needs[0])
+            for i, step in enumerate(self.steps):
+                layer = step.layer
+                if step.check or layer.takes_branches:
+                    stats[i] = None
+                    if not step.check:
+                        tree = _put(tree, step.path, layer.combine(_get(tree, step.path), specs[i], needs[i + 1]))
+                    continue
+                st = _get(tree, step.path)
                 var = spatial_diagonal(st.nngp, st.layout).clone()
                 st.var1 = st.var2 = var
                 st.spec = specs[i]
@@ -197,10 +290,15 @@ class Engine:
                 mean = layer.out_mean(st.mean1, var, specs[i])
                 st = _apply(layer, st, needs, i)
                 st.mean1 = st.mean2 = mean
-            out_nngp.append(st.nngp)
-            out_ntk.append(st.ntk)
+                tree = _put(tree, step.path, st)
+            out_nngp.append(tree.nngp)
+            out_ntk.append(tree.ntk)
         merged = []
-        for var_list, mean_list in stats:
+        for entry in stats:
+            if entry is None:
+                merged.append((None, None))
+                continue
+            var_list, mean_list = entry
             mean = None if any(m is None for m in mean_list) else torch.cat(mean_list)
             merged.append((torch.cat(var_list), mean))
         nngp = torch.cat(out_nngp)
@@ -270,8 +368,8 @@ class Engine:
         out_ntk = torch.empty((n1, n2), dtype=torch.float64, device=x1.device) if want_ntk else None
 
         needs = self._dist_needed()
-        aux1 = [layer.precompute(var, mean) for layer, (var, mean) in zip(self.layers, stats1)]
-        aux2 = aux1 if same else [layer.precompute(var, mean) for layer, (var, mean) in zip(self.layers, stats2)]
+        aux1 = self._precomputed(stats1)
+        aux2 = aux1 if same else self._precomputed(stats2)
         rows, cols = _tile_shape(n1, n2, spatial, layout, batch_size, mem)
         in_place = layout == "vector" and cols >= n2
         # (r0, r1, c0, c1) tiles; for x1 against itself only the upper triangle (block-wise) is
@@ -291,7 +389,7 @@ class Engine:
             """Push rows s0:s1 of the tile starting at (r0, c0) through all layers; store them."""
             a0, a1, c1 = r0 + s0, r0 + s1, c0 + st.nngp.shape[1]
             sub = KernelState(st.nngp[s0:s1], None if st.ntk is None else st.ntk[s0:s1].zero_(),
-                              stats1[0][0][a0:a1], stats2[0][0][c0:c1], None, None, st.layout, pair=True)
+                              None, None, None, None, st.layout, pair=True)
             if needs[0] and st.layout == "vector":
                 sub.near = []  # nearly coinciding pairs are recomputed below, with their distance
             elif needs[0]:
@@ -439,7 +537,7 @@ def _tile_shape(n1, n2, spatial, layout, batch_size, max_memory):
     if batch_size is not None:
         return int(batch_size), int(batch_size)
     if layout == "vector":
-        per_pair = 8 * _SCRATCH
+        per_pair = 8 * _SCRATCH * spatial  # spatial: the most branches alive at once
         if n2 * per_pair <= max_memory:
             # whole rows, computed inside the outputs: the block size only shapes the matmul
             return max(1, min(n1, _INPLACE_TILE_BYTES // (8 * n2), max_memory // (n2 * per_pair))), n2

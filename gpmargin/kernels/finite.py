@@ -176,3 +176,39 @@ class AffineModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.layer!r}, w_mult={self.w_mult:.4g}, b_mult={self.b_mult:.4g}"
+
+
+def to_members(fl: Flow) -> Flow:
+    """The shared input seen as every member's own features (``"vector"`` ``(k, d, n)`` or
+    ``"image"`` channel groups ``(n, k C, H, W)``), so that branches can be joined; other flows as they are."""
+    if fl.layout != "shared":
+        return fl
+    k = fl.members
+    if fl.h.dim() == 2:
+        return Flow(fl.h.T.unsqueeze(0).expand(k, -1, -1), "vector", k, fl.factors, False)
+    return Flow(fl.h.repeat(1, k, 1, 1), "image", k, fl.factors, True)
+
+
+class Chain(torch.nn.Module):
+    """Finite modules applied in order (a ``serial`` or one branch of a ``parallel``)."""
+
+    def __init__(self, mods):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(mods)
+
+    def forward(self, fl):
+        for m in self.layers:
+            fl = m(fl)
+        return fl
+
+
+def build_chain(layers, in_shape, units, init) -> tuple[Chain, tuple]:
+    """The finite modules of ``layers`` for per-example inputs ``in_shape``: ``(Chain, out_shape)``.
+
+    ``units()`` gives the number of units of the next affine layer, in the order the layers
+    (branches included) are drawn; parameters are drawn in that same order."""
+    mods = []
+    for layer in layers:
+        mod, in_shape = layer.build(in_shape, units, init)
+        mods.append(mod)
+    return Chain(mods), in_shape

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.engine import plan
-from gpmargin.kernels.finite import MAX_MEMBERS, PARAMETERIZATIONS, AffineModule, Flow, Init, member_seed, positive_int
+from gpmargin.kernels.engine import compile_steps, plan
+from gpmargin.kernels.finite import (MAX_MEMBERS, PARAMETERIZATIONS, AffineModule, Flow, Init, build_chain, member_seed,
+                                     positive_int)
 from gpmargin.kernels.state import Spec
 
 
@@ -90,14 +91,11 @@ class Network(nn.Module):
             raise GpmarginError(f"device={device!r} is not a torch device: {exc}") from None
         layers = kernel.engine_layers()
         plan(layers, Spec("image" if len(in_shape) == 3 else "vector", in_shape))  # checks the composition
-        affine = [i for i, layer in enumerate(layers) if layer.has_units]
-        units = dict(zip(affine, parse_widths(width, max(len(affine) - 1, 0)) + [outputs]))
+        affine = sum(1 for step in compile_steps(layers) if not step.check and step.layer.has_units)
+        units = iter(parse_widths(width, max(affine - 1, 0)) + [outputs])
         init = Init(parameterization, seeds, stacked, dtype, device, draw)
-        mods, shape = [], in_shape
-        for i, layer in enumerate(layers):
-            mod, shape = layer.module(shape, units.get(i), init)
-            mods.append(mod)
-        self.layers = nn.ModuleList(mods)
+        chain, shape = build_chain(layers, in_shape, lambda: next(units), init)
+        self.layers = chain.layers
         self.kernel = kernel
         self.in_shape, self.out_shape = in_shape, shape
         self.members = len(seeds) if stacked else None
@@ -108,15 +106,19 @@ class Network(nn.Module):
     @property
     def weights(self) -> list[nn.Parameter]:
         """Weight of every affine layer in order: ``(k, out, *row)`` (``(out, *row)`` unbatched)."""
-        return [m.weight for m in self.layers if isinstance(m, AffineModule)]
+        return [m.weight for m in self.affine_modules()]
 
     @property
     def biases(self) -> list[nn.Parameter]:
-        return [m.bias for m in self.layers if isinstance(m, AffineModule) and m.bias is not None]
+        return [m.bias for m in self.affine_modules() if m.bias is not None]
+
+    def affine_modules(self) -> list[AffineModule]:
+        """The affine layers in the order their parameters are drawn (branches included)."""
+        return [m for m in self.layers.modules() if isinstance(m, AffineModule)]
 
     def load_weights(self, weights: Sequence[torch.Tensor]) -> None:
         """Replace the weights (one tensor per affine layer, shapes as :attr:`weights`) by copies."""
-        mods = [m for m in self.layers if isinstance(m, AffineModule)]
+        mods = self.affine_modules()
         if len(weights) != len(mods):
             raise GpmarginError(f"weights has {len(weights)} tensors; this network has {len(mods)} weight layers")
         for m, w in zip(mods, weights):
@@ -137,11 +139,10 @@ class Network(nn.Module):
             raise GpmarginError(f"member j={j!r} must be in [0, {self.members}) of a stacked network")
         memo = {id(p): None for p in self.parameters()}  # do not copy every member's parameters
         single = copy.deepcopy(self, memo)
-        for old, new in zip(self.layers, single.layers):
-            if isinstance(old, AffineModule):
-                new.weight = nn.Parameter(old.weight.detach()[j].clone())
-                new.bias = None if old.bias is None else nn.Parameter(old.bias.detach()[j].clone())
-                new.stacked = False
+        for old, new in zip(self.affine_modules(), single.affine_modules()):
+            new.weight = nn.Parameter(old.weight.detach()[j].clone())
+            new.bias = None if old.bias is None else nn.Parameter(old.bias.detach()[j].clone())
+            new.stacked = False
         single.members, single.batch_dims = None, 0
         return single
 

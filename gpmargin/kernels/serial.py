@@ -6,6 +6,7 @@ from typing import Iterable
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.base import Layer
+from gpmargin.kernels.engine import propagate
 from gpmargin.kernels.state import Spec
 
 
@@ -49,9 +50,7 @@ class Serial(Layer):
         return all(layer.supports_ntk for layer in self.layers)
 
     def out_spec(self, spec: Spec) -> Spec:
-        for layer in self.layers:
-            spec = layer.out_spec(spec)
-        return spec
+        return propagate(self.layers, spec)
 
     def engine_layers(self) -> tuple[Layer, ...]:
         return self.layers

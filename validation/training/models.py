@@ -204,9 +204,7 @@ def sweep_network(model: str, members: int, in_dim: int, depth: int, width: int,
 def effective_weights(net: Network) -> list[torch.Tensor]:
     """The matrices the network multiplies by, ``(k, out, *row)``: the weights in the standard
     parameterisation, ``W_std / sqrt(fan_in) * theta`` in the NTK one (for norm-based measures)."""
-    from gpmargin.kernels.finite import AffineModule
-
-    return [m.weight.detach() * m.w_mult for m in net.layers if isinstance(m, AffineModule)]
+    return [m.weight.detach() * m.w_mult for m in net.affine_modules()]
 
 
 # ----------------------------------------------------------------------------- F1 (Hoffer et al.)
