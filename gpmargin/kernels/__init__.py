@@ -19,13 +19,15 @@ parameterisations and seeding in ``gpmargin.kernels.finite``).  Adapters: ``gpma
 
 from gpmargin.kernels.activations import ABRelu, Erf, Identity, LeakyRelu, Relu
 from gpmargin.kernels.base import Layer
+from gpmargin.kernels.branching import FanInConcat, FanInProd, FanInSum, FanOut, Parallel, parallel, repeat
 from gpmargin.kernels.constrained import Centred
 from gpmargin.kernels.conv import Conv2d
 from gpmargin.kernels.dense import Dense
 from gpmargin.kernels.finite import member_seed
 from gpmargin.kernels.network import Network
 from gpmargin.kernels.pooling import Flatten, GlobalAvgPool
-from gpmargin.kernels.presets import paper_cnn, paper_mlp
+from gpmargin.kernels.presets import (myrtle, paper_cnn, paper_mlp, resnet, resnet_block, wide_resnet,
+                                      wide_resnet_widths)
 from gpmargin.kernels.serial import Serial, serial
 
 __all__ = [
@@ -34,16 +36,28 @@ __all__ = [
     "Conv2d",
     "Dense",
     "Erf",
+    "FanInConcat",
+    "FanInProd",
+    "FanInSum",
+    "FanOut",
     "Flatten",
     "GlobalAvgPool",
     "Identity",
     "Layer",
     "LeakyRelu",
     "Network",
+    "Parallel",
     "Relu",
     "Serial",
+    "member_seed",
+    "myrtle",
     "paper_cnn",
     "paper_mlp",
-    "member_seed",
+    "parallel",
+    "repeat",
+    "resnet",
+    "resnet_block",
     "serial",
+    "wide_resnet",
+    "wide_resnet_widths",
 ]

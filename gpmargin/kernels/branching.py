@@ -193,6 +193,14 @@ def _all_or_none(ts):
     return None if any(t is None for t in ts) else ts
 
 
+def _branch_means(states):
+    """The branches' means over units, when every one is known and the states are the self pass's
+    (which carries each layer's output mean; pair passes reset the means before every layer)."""
+    if states[0].pair or states[0].points:
+        return None
+    return _all_or_none([st.mean1 for st in states])
+
+
 class FanInSum(FanIn):
     r"""Sum of the branches: :math:`\Sigma = \sum_j \Sigma_j`, :math:`\Theta = \sum_j \Theta_j`
     (independent branches); the pair distance is the sum of the branches' distances."""
@@ -210,7 +218,7 @@ class FanInSum(FanIn):
                 out.ntk = out.ntk.add_(st.ntk)
         dists = _all_or_none([st.dist for st in states]) if keep_dist else None
         out.dist = None if dists is None else _add(dists)
-        means = _all_or_none([st.mean1 for st in states])
+        means = _branch_means(states)
         out.mean1 = out.mean2 = None if means is None else sum(means[1:], means[0])
         return out
 
@@ -242,7 +250,7 @@ class FanInProd(FanIn):
                 ntk = ntk.mul_(st.nngp).addcmul_(nngp, st.ntk)
             nngp = nngp.mul_(st.nngp)
         out.nngp, out.ntk, out.dist = nngp, ntk, None
-        means = _all_or_none([st.mean1 for st in states])
+        means = _branch_means(states)
         if means is not None:
             prod = means[0].clone()
             for m in means[1:]:
@@ -324,7 +332,7 @@ class FanInConcat(FanIn):
                     setattr(out, name, acc)
                 else:
                     setattr(out, name, None)
-            means = _all_or_none([st.mean1 for st in states])
+            means = _branch_means(states)
             out.mean1 = out.mean2 = None if means is None else sum(m * wj for m, wj in zip(means, w))
             return out
         for name in ("nngp", "ntk", "dist"):
@@ -333,7 +341,7 @@ class FanInConcat(FanIn):
             joined = None if ts is None or (name == "dist" and not keep_dist) else _join_positions(
                 ts, axis, out.layout, fill)
             setattr(out, name, joined)
-        means = _all_or_none([st.mean1 for st in states])
+        means = _branch_means(states)
         out.mean1 = out.mean2 = None if means is None else torch.cat(means, dim=axis)
         return out
 

@@ -1,15 +1,16 @@
-"""The paper's networks as kernel objects."""
+"""Networks as kernel objects: the paper's MLP and CNN, ResNets / WideResNets and Myrtle CNNs."""
 
 from __future__ import annotations
 
 import math
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.activations import Relu
+from gpmargin.kernels.activations import Identity, Relu
+from gpmargin.kernels.branching import FanInSum, FanOut, parallel
 from gpmargin.kernels.constrained import Centred
 from gpmargin.kernels.conv import Conv2d
 from gpmargin.kernels.dense import Dense
-from gpmargin.kernels.pooling import Flatten
+from gpmargin.kernels.pooling import AvgPool, Flatten, GlobalAvgPool
 from gpmargin.kernels.serial import Serial, serial
 
 
@@ -91,4 +92,97 @@ def paper_cnn(depth: int | None = None, constrained: bool = False, W_std=1.0, co
     for s in stds[convs:-1]:
         layers += [_affine(Dense(W_std=s), constrained), Relu()]
     layers.append(_affine(Dense(W_std=stds[-1]), constrained))
+    return serial(*layers)
+
+
+def _positive_int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise GpmarginError(f"{what}={v!r} must be a positive integer")
+    return v
+
+
+def resnet_block(stride: int = 1, projection: bool = False, *, W_std: float = 1.0, b_std: float | None = None,
+                 shortcut_size: int = 1) -> Serial:
+    """A pre-activation residual block (Zagoruyko & Komodakis 2016, without batch norm):
+    ``Relu - Conv(3x3, stride) - Relu - Conv(3x3)`` plus a shortcut, summed (``FanInSum``).
+
+    The shortcut is the identity, or with ``projection=True`` a ``shortcut_size`` convolution
+    with the block's stride (where the number of channels or the resolution changes).
+    """
+    conv = dict(padding="same", W_std=W_std, b_std=b_std)
+    main = serial(Relu(), Conv2d(3, stride, **conv), Relu(), Conv2d(3, 1, **conv))
+    shortcut = Conv2d(shortcut_size, stride, **conv) if projection else Identity()
+    if stride != 1 and not projection:
+        raise GpmarginError(f"resnet_block(stride={stride}) changes the resolution; it needs projection=True")
+    return serial(FanOut(2), parallel(main, shortcut), FanInSum())
+
+
+def resnet(blocks=(2, 2, 2), strides=(1, 2, 2), *, W_std: float = 1.0, b_std: float | None = None,
+           shortcut_size: int = 1) -> Serial:
+    """A residual network: a 3x3 stem convolution, then groups of :func:`resnet_block` (the first
+    block of each group with a projection shortcut and the group's stride), ``Relu``,
+    ``GlobalAvgPool`` and a dense readout.
+
+    blocks : blocks per group; strides : each group's first stride (the same length).
+    The layout of neural-tangents' WideResNet example (with a 1x1 projection, as Zagoruyko &
+    Komodakis, instead of its 3x3, and ``GlobalAvgPool`` for its ``AvgPool(8) - Flatten``,
+    the same on 32x32 inputs).
+    """
+    blocks, strides = tuple(blocks), tuple(strides)
+    if not blocks or len(blocks) != len(strides):
+        raise GpmarginError(f"resnet blocks={blocks!r} and strides={strides!r} need one entry per group")
+    for b in blocks:
+        _positive_int(b, "resnet blocks entry")
+    for s in strides:
+        _positive_int(s, "resnet strides entry")
+    layers = [Conv2d(3, 1, "same", W_std, b_std)]
+    for n, stride in zip(blocks, strides):
+        layers.append(resnet_block(stride, True, W_std=W_std, b_std=b_std, shortcut_size=shortcut_size))
+        layers += [resnet_block(1, False, W_std=W_std, b_std=b_std)] * (n - 1)
+    layers += [Relu(), GlobalAvgPool(), Dense(W_std, b_std)]
+    return serial(*layers)
+
+
+def wide_resnet(depth: int = 16, k: int = 4, *, W_std: float = 1.0, b_std: float | None = None) -> Serial:
+    """WRN-``depth``-``k`` (Zagoruyko & Komodakis 2016): three groups of ``(depth - 4) / 6``
+    blocks, strides 1, 2, 2.  ``k`` (the widening factor) sets only the finite channel counts,
+    :func:`wide_resnet_widths`; the infinite-width kernel does not depend on it."""
+    depth = _positive_int(depth, "wide_resnet depth")
+    _positive_int(k, "wide_resnet k")
+    if depth < 10 or (depth - 4) % 6:
+        raise GpmarginError(f"wide_resnet depth={depth} must be 6 n + 4 with n >= 1 (10, 16, 22, 28, ...)")
+    n = (depth - 4) // 6
+    return resnet((n, n, n), (1, 2, 2), W_std=W_std, b_std=b_std)
+
+
+def wide_resnet_widths(depth: int = 16, k: int = 4, base: int = 16) -> list[int]:
+    """The channel counts of WRN-``depth``-``k``, one per affine layer before the readout, in the
+    order ``network(width=...)`` takes them: stem ``base``, group ``g`` ``base * k * 2**g``."""
+    wide_resnet(depth, k)
+    n = (depth - 4) // 6
+    widths = [base]
+    for g in range(3):
+        c = base * k * 2**g
+        widths += [c, c, c] + [c, c] * (n - 1)  # first block: two convolutions and the projection
+    return widths
+
+
+_MYRTLE = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
+
+
+def myrtle(depth: int = 5, *, W_std: float = math.sqrt(2.0), b_std: float | None = None) -> Serial:
+    """The Myrtle CNNs (Shankar et al. 2020; neural-tangents' Myrtle kernels): three stages of
+    ``[Conv(3x3, same) - Relu] * n_i`` separated by ``AvgPool(2, stride 2)``, ``(n_1, n_2, n_3)``
+    = (2, 1, 1), (2, 2, 2), (3, 3, 3) for depth 5, 7, 10, then ``GlobalAvgPool`` (neural-tangents'
+    three ``AvgPool(2)`` on the 4x4 map of a 32x32 input, the same there) and a dense readout.
+    """
+    if depth not in _MYRTLE:
+        raise GpmarginError(f"myrtle depth={depth!r} must be 5, 7 or 10")
+    conv = Conv2d(3, 1, "same", W_std, b_std)
+    layers = []
+    for stage, n in enumerate(_MYRTLE[depth]):
+        if stage:
+            layers.append(AvgPool((2, 2), (2, 2)))
+        layers += [conv, Relu()] * n
+    layers += [GlobalAvgPool(), Dense(W_std, b_std)]
     return serial(*layers)
