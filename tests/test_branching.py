@@ -223,3 +223,28 @@ def test_bad_combinator_arguments():
                 lambda: gk.wide_resnet(15), lambda: gk.myrtle(6)):
         with pytest.raises(GpmarginError):
             bad()
+
+
+@pytest.mark.slow
+def test_harness_trains_a_wide_resnet(tmp_path):
+    """``validate fig6 --set arch=wide_resnet``: the harness trains the preset's finite networks with
+    Nero at controlled margins and overlays the preset's NNGP prediction (smoke scale, 8x8 digits)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gpmargin", "validate", "fig6", "--scale", "smoke", "--out", str(out), "--device",
+           "cpu", "--no-progress", "--workers", "0", "--set", "arch=wide_resnet", "--set", "depth=10", "--set",
+           "width=8", "--set", "members=2", "--set", "ensembles=1,2", "--set", "margins=0.1,3", "--set", "steps=20",
+           "--set", "dataset=digits", "--set", "n_train=40", "--set", "n_test=40"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "fig6-comparison.json").read_text())
+    assert summary["overrides"]["arch"] == "wide_resnet"
+    table = (out / "fig6-comparison.csv").read_text()
+    assert "gp_accuracy" in table and "gp_constrained_accuracy" not in table  # no constrained kernel for a ResNet
+    bad = subprocess.run([sys.executable, "-m", "gpmargin", "validate", "fig6", "--scale", "smoke", "--out",
+                          str(tmp_path / "bad"), "--set", "arch=wide_resnet", "--set", "depth=11"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "depth=11 must be 6 n + 4" in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr

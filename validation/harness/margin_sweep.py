@@ -24,6 +24,11 @@ from validation.training.losses import LOSSES
 #: ``mlp``: the paper's MLP in the standard parameterisation; ``ntk-mlp``: the same network
 #: (``paper_mlp(depth).network(...)``) in the NTK parameterisation, for gradient descent
 MODELS = ("mlp", "ntk-mlp")
+#: the trained architecture (``depth`` is its depth): ``mlp`` the paper's MLP on flattened inputs;
+#: ``wide_resnet`` (depth 6n + 4) and ``myrtle`` (depth 5, 7, 10) the gpmargin presets on images,
+#: whose kernel is the theory and whose ``network()`` the trained networks (``model``: ``mlp``
+#: standard parameterisation, ``ntk-mlp`` NTK parameterisation)
+ARCHS = ("mlp", "wide_resnet", "myrtle")
 
 
 def _ensembles(v: str) -> tuple[int, ...]:
@@ -44,13 +49,14 @@ def _margins(v: str) -> tuple[float, ...]:
 class MarginSweep(Experiment):
     """Networks trained at controlled margins (module docstring); the data fields plus:
 
-    ``model``/``depth``/``width`` the networks; ``optimizer``, ``loss``, ``lr`` (decayed by
+    ``arch``/``model``/``depth``/``width`` the networks; ``optimizer``, ``loss``, ``lr`` (decayed by
     ``decay`` per step), ``steps``, ``tol`` (stop at this relative error) their training;
     ``margins`` x ``seeds`` the units, ``members`` networks per unit, ``ensembles`` the sizes
     measured; ``gp_kind``: ``"nngp"`` (NNGP predictions) or ``"ntk"`` (gradient-descent ones).
     """
 
     model: str = "mlp"
+    arch: str = "mlp"
     depth: int = 5
     width: int = 2048
     optimizer: str = "nero"
@@ -66,7 +72,7 @@ class MarginSweep(Experiment):
     gp_kind: str = "nngp"
 
     FIELDS: ClassVar[dict[str, Field]] = {
-        **DATA_FIELDS, "model": choice(*MODELS), "depth": integer(1), "width": integer(1),
+        **DATA_FIELDS, "model": choice(*MODELS), "arch": choice(*ARCHS), "depth": integer(1), "width": integer(1),
         "optimizer": choice(*OPTIMIZERS), "loss": choice(*LOSSES), "lr": POSITIVE,
         "decay": number(0, 1, above=True), "steps": integer(1), "tol": optional(POSITIVE),
         "margins": Field(_margins, listed(POSITIVE, empty=True).ok, "LO:HI:N or a comma list of positive finite numbers"),
@@ -81,6 +87,24 @@ class MarginSweep(Experiment):
             raise GpmarginError("an experiment needs at least one margin")
         if any(k > self.members for k in self.ensembles):
             raise GpmarginError(f"ensemble sizes {self.ensembles} must lie in [1, members={self.members}]")
+        self.kernel()  # a depth the architecture cannot have fails here, naming it
+
+    def kernel(self, constrained: bool = False):
+        """The kernel object of the trained networks (``constrained``: with Nero's constraint, MLP only)."""
+        from gpmargin import kernels as gk
+
+        if self.arch == "mlp":
+            return gk.paper_mlp(self.depth, constrained=constrained)
+        if constrained:
+            raise GpmarginError(f"arch={self.arch}: the Nero-constrained kernel exists for the MLP only")
+        return gk.wide_resnet(self.depth) if self.arch == "wide_resnet" else gk.myrtle(self.depth)
+
+    def load_task(self):
+        """The experiment's data split: flattened for the MLP, images for the CNN architectures."""
+        from gpmargin.data import make_task
+
+        return make_task(dataset=self.dataset, task=self.task, n_train=self.n_train, n_test=self.n_test,
+                         seed=self.data_seed, flatten=self.arch == "mlp", carve_from=self.carve_from)
 
     def units(self) -> list[dict[str, Any]]:
         """``{"margin_index", "margin", "seed"}``, seeds outermost (a partial sweep covers every margin)."""

@@ -110,7 +110,7 @@ def plot(config, rows: list[dict[str, Any]], path: Path, gap: dict[str, Any],
     if seeds:
         mean += f"; ± : s.e. over {len(config.seeds)} seeds, each on its own data split"
     fig.suptitle(f"{config.name} ({label}): {config.dataset} {config.task}, n_train={config.n_train}, "
-                 f"depth {config.depth}, width {config.width}, {config.optimizer}, {config.steps} steps\n"
+                 f"{getattr(config, 'arch', 'mlp').replace('_', ' ')} depth {config.depth}, width {config.width}, {config.optimizer}, {config.steps} steps\n"
                  f"mean |nn − prediction|: {mean}", fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     atomic_savefig(fig, path)

@@ -28,7 +28,13 @@ PREDICTIONS: dict[str, tuple[tuple[str, str, bool, str, bool], ...]] = {
 
 def columns(config) -> list[str]:
     """Prediction columns of this experiment's comparison."""
-    return [c[0] for c in PREDICTIONS[config.gp_kind]]
+    return [c[0] for c in prediction_specs(config)]
+
+
+def prediction_specs(config) -> tuple:
+    """The rows of :data:`PREDICTIONS` this experiment has (the constrained kernel: MLPs only)."""
+    mlp = getattr(config, "arch", "mlp") == "mlp"
+    return tuple(spec for spec in PREDICTIONS[config.gp_kind] if mlp or not spec[2])
 
 
 class Predictor:
@@ -37,7 +43,6 @@ class Predictor:
     gives exact accuracies at any margins from one posterior."""
 
     def __init__(self, config, task, spec, device=None):
-        from gpmargin.kernels import paper_mlp
         from gpmargin.predict import MarginPredictor
 
         self.column, self.label, constrained, self.kind, at_time = spec
@@ -45,7 +50,7 @@ class Predictor:
         if at_time:
             self.label = f"gradient descent at t = {self.time:g} (lr {self.learning_rate:g})"
         self.predictor = MarginPredictor(
-            paper_mlp(config.depth, constrained=constrained), np.asarray(task.x_train), np.asarray(task.y_train),
+            config.kernel(constrained), np.asarray(task.x_train), np.asarray(task.y_train),
             np.asarray(task.x_test), np.asarray(task.y_test), kind=self.kind, time=self.time,
             learning_rate=self.learning_rate, ensemble=config.ensembles, device=device)
         self.posterior = self.predictor.posterior
@@ -88,11 +93,11 @@ def predictors(config, task=None, device=None) -> dict[str, SeedAveraged]:
     """``{column: SeedAveraged}`` for the experiment's predictions (see :data:`PREDICTIONS`), one
     per seed on the seed's data split (``config.seed_data(seed)``; ``task``: ``config.load_task()``
     when the caller has it, used for the seed whose split it is)."""
-    per_seed: dict[str, dict[int, Predictor]] = {spec[0]: {} for spec in PREDICTIONS[config.gp_kind]}
+    per_seed: dict[str, dict[int, Predictor]] = {spec[0]: {} for spec in prediction_specs(config)}
     for seed in config.seeds:
         data = config.seed_data(seed)
         split = task if (task is not None and data is config) else data.load_task()
-        for spec in PREDICTIONS[config.gp_kind]:
+        for spec in prediction_specs(config):
             per_seed[spec[0]][int(seed)] = Predictor(config, split, spec, device)
     return {c: SeedAveraged(p) for c, p in per_seed.items()}
 

@@ -47,8 +47,13 @@ def train_ensemble(config, task, margin: float, seed: int, device: torch.device)
     outputs = 1 if binary else int(task.num_classes)
     targets = margin_targets(y_tr, margin, None if binary else outputs).to(device=device, dtype=dtype)
     t0 = time.perf_counter()
-    model = sweep_network(config.model, config.members, x_tr.shape[1], config.depth, config.width, outputs,
-                          seed=seed, dtype=dtype, device=device)
+    if getattr(config, "arch", "mlp") == "mlp":
+        model = sweep_network(config.model, config.members, x_tr.shape[1], config.depth, config.width, outputs,
+                              seed=seed, dtype=dtype, device=device)
+    else:  # the finite networks of the architecture's kernel
+        model = config.kernel().network(config.width, in_shape=tuple(x_tr.shape[1:]), members=config.members,
+                                        parameterization="ntk" if config.model == "ntk-mlp" else "standard",
+                                        seed=seed, outputs=outputs, dtype=dtype, device=device)
     # Nero projects the initial weights here; subclass configs may pass optimizer settings
     opt = make_optimizer(model, config.optimizer, config.lr, **config.optimizer_kwargs())
     init = [w.clone() for w in effective_weights(model)]
@@ -71,13 +76,17 @@ def margin_record(config, task, margin: float, seed: int, device: torch.device) 
     model, init, res, f_tr, f_te = u["model"], u["init"], u["result"], u["f_train"], u["f_test"]
     x_tr, y_tr, y_te, train_s = u["x_train"], u["y_train"], u["y_test"], u["seconds"]
     targets = u["targets"]
+    mlp = getattr(config, "arch", "mlp") == "mlp"
     lip = M.mlp_lipschitz(config.depth)
     per_member = []
     t_norm = float(targets.norm())
     for j in range(config.members):
-        ws = [w[j].double() for w in effective_weights(model)]
-        w0 = [w[j].double() for w in init]
-        m = M.network_measures(ws, f_tr[j], y_tr, x_tr.double(), f_te[j], y_te, init_weights=w0, lipschitz=lip)
+        if mlp:  # norm-based measures are those of a chain of weight matrices
+            ws = [w[j].double() for w in effective_weights(model)]
+            w0 = [w[j].double() for w in init]
+            m = M.network_measures(ws, f_tr[j], y_tr, x_tr.double(), f_te[j], y_te, init_weights=w0, lipschitz=lip)
+        else:
+            m = {"train_accuracy": M.accuracy(f_tr[j], y_tr), "test_accuracy": M.accuracy(f_te[j], y_te)}
         m["member"] = j
         m["seed"] = member_seed(seed, j)
         m["relative_error"] = float((f_tr[j] - targets).norm()) / t_norm
