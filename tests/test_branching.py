@@ -206,7 +206,7 @@ def test_repeat_is_serial():
     (lambda: gk.serial(gk.Dense(), parallel(gk.Dense(), gk.Dense()), FanInSum()), "put FanOut(2) before it"),
     (lambda: gk.serial(FanOut(2), gk.Dense()), "gets 2 branches; join them"),
     (lambda: gk.serial(FanOut(2), parallel(gk.Dense(), gk.Dense())), "ends with 2 branches"),
-    (lambda: gk.serial(gk.Dense(), FanOut(2), parallel(gk.Relu(), gk.Dense()), FanInSum()), "does not end in an affine"),
+    (lambda: gk.serial(gk.Dense(), FanOut(2), parallel(gk.Relu(), gk.Dense()), FanInSum()), "ends in a nonlinearity"),
     (lambda: gk.serial(FanOut(3), parallel(gk.Dense(), gk.Dense()), FanInSum()), "has 2 branches but gets 3"),
     (lambda: gk.serial(FanOut(2), parallel(gk.Dense(), gk.Dense()), FanInConcat(2), gk.Dense()), "axis 2 does not exist"),
 ])
@@ -248,3 +248,13 @@ def test_harness_trains_a_wide_resnet(tmp_path):
                           str(tmp_path / "bad"), "--set", "arch=wide_resnet", "--set", "depth=11"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "depth=11 must be 6 n + 4" in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_activation_needs_gaussian_preactivations(rows):
+    """Like neural-tangents, a closed-form activation refuses the outputs of a nonlinearity (its
+    Gaussian expectation would be wrong); the finite network of such a chain still builds."""
+    k = gk.serial(gk.Dense(), gk.Relu(), gk.Erf(), gk.Dense())
+    with pytest.raises(GpmarginError, match=r"layer 3 of 4: Erf\(.*\) gets the outputs of a nonlinearity"):
+        k(rows)
+    assert k.network(8, in_shape=rows.shape[1]).forward(rows.float()).shape == (1, 12, 1)
+    gk.serial(gk.Relu(), gk.Dense())(rows)  # the inputs count as Gaussian (covariance x.x'/d)

@@ -129,7 +129,7 @@ def test_bad_inputs(vecs, imgs):
     _raises("empty", k, np.zeros((3, 0)))
     _raises("dtype torch.int64", k, torch.ones(3, 4, dtype=torch.int64))
     _raises("dtype int32", k, np.ones((3, 4), dtype=np.int32))
-    _raises("expected \\(N, d\\)", k, torch.ones(3, 4, 5, dtype=torch.float64))
+    _raises("expected \\(N, d\\)", k, torch.ones(3, 4, 5, 6, 7, dtype=torch.float64))
     _raises("get=", k, vecs[:3], get="cov")
     _raises("get=", k, vecs[:3], get=("ntk", "nngp"))
     _raises("depth", gk.paper_mlp, 0)

@@ -186,7 +186,8 @@ class _KernelOnly(gk.Layer):
     (lambda: MLP.network(8, in_shape=4, parameterization="mup"), ["parameterization='mup'", "'ntk' or 'standard'"]),
     (lambda: MLP.network(8, in_shape=4, seed=-1), ["seed=-1"]),
     (lambda: MLP.network(8, in_shape=4, outputs=0), ["outputs=0"]),
-    (lambda: MLP.network(8, in_shape=(4, 4)), ["in_shape=(4, 4)"]),
+    (lambda: MLP.network(8, in_shape=(4, 4, 4, 4)), ["in_shape=(4, 4, 4, 4)"]),
+    (lambda: MLP.network(8, in_shape=(4, 4)), ["layer 1 of 7", "Dense"]),  # a sequence (C, L): not for Dense
     (lambda: MLP.network(8, in_shape=4, dtype=torch.int64), ["dtype=torch.int64"]),
     (lambda: MLP.network(8, in_shape=(1, 8, 8)), ["dense layer needs feature vectors"]),
     (lambda: CNN.network(8, in_shape=(1, 2, 2)), ["does not fit"]),

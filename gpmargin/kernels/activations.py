@@ -46,6 +46,8 @@ class Activation(Layer):
     maps_dist = True
     gaussian_out = False
 
+    needs_gaussian = True  # the closed form is an expectation over Gaussian pre-activations
+
     def out_spec(self, spec: Spec) -> Spec:
         return Spec(spec.kind, spec.shape)
 
@@ -350,6 +352,7 @@ class Identity(Activation):
     """``phi(x) = x``: the kernel passes through unchanged."""
 
     gaussian_out = None
+    needs_gaussian = False
 
     def out_mean(self, mean, var, spec):
         return mean

@@ -56,6 +56,7 @@ class Layer(metaclass=_Frozen):
     uses_dist = False
     gaussian_out: bool | None = None  # output zero-mean Gaussian: True (affine), False, None (as the input)
     takes_branches = False  # a combinator acting on the tuple of branch states (FanOut, parallel, FanIn*)
+    needs_gaussian = False  # its kernel map needs zero-mean Gaussian inputs (the activations)
 
     # -- interface -------------------------------------------------------------------
     def out_spec(self, spec: Spec) -> Spec:  # pragma: no cover - abstract

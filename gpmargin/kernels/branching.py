@@ -7,7 +7,7 @@ applies ``f_j`` to branch ``j``.  A residual block is
 
 Kernels follow neural-tangents: the branches reaching a fan-in are taken to be *independent*
 zero-mean Gaussian processes (every branch must end in an affine layer, possibly followed by
-pooling: :attr:`Spec.gaussian`), so the covariance of a sum is the sum of the covariances,
+pooling, or be the network inputs: :attr:`Spec.gaussian`), so the covariance of a sum is the sum of the covariances,
 that of a product the product, and that of a concatenation along channels their average
 weighted by the channel counts.  The engine (:mod:`gpmargin.kernels.engine`) runs the branches
 one after the other on the same tile; each branch holds its own copy of the tile's kernel.
@@ -136,9 +136,9 @@ class FanIn(Layer):
                     raise GpmarginError(f"{self!r}: branch {j + 1} of {len(specs)} is still split; join it first")
                 if not s.gaussian:
                     raise GpmarginError(
-                        f"{self!r}: branch {j + 1} of {len(specs)} ({s.describe()}) does not end in an affine layer, "
-                        "so its outputs are not zero-mean Gaussian and the kernel of the joined branches has no "
-                        "closed form; end every branch with Dense/Conv2d (pooling after it is fine), as neural-tangents requires")
+                        f"{self!r}: branch {j + 1} of {len(specs)} ({s.describe()}) ends in a nonlinearity, so its "
+                        "outputs are not zero-mean Gaussian and the kernel of the joined branches has no closed form; "
+                        "end every branch with Dense/Conv2d (pooling after it is fine), as neural-tangents requires")
         return specs
 
     def same_shapes(self, specs) -> Spec:

@@ -1,24 +1,16 @@
-"""2-D convolution in the NTK parameterisation (neural-tangents' ``stax.Conv``): its kernel map
-and its finite module."""
+"""Convolutions in the NTK parameterisation (neural-tangents' ``stax.Conv``): ``Conv2d`` for
+images ``(N, C, H, W)``, ``Conv1d`` for sequences ``(N, C, L)``; their kernel maps and finite
+modules.  The window geometry (padding, output sizes, filter averages) is
+:class:`gpmargin.kernels.window.Window`'s."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
-from gpmargin.errors import GpmarginError
 from gpmargin.kernels.dense import Affine
 from gpmargin.kernels.finite import AffineModule, Flow
 from gpmargin.kernels.state import Spec
-
-
-def _pair(v, name) -> tuple[int, int]:
-    if isinstance(v, int):
-        v = (v, v)
-    v = tuple(int(a) for a in v)
-    if len(v) != 2 or min(v) < 1:
-        raise GpmarginError(f"Conv2d {name}={v!r} must be a positive int or a pair of positive ints")
-    return v
+from gpmargin.kernels.window import Window, parse_padding, window_tuple
 
 
 class ConvModule(AffineModule):
@@ -28,31 +20,31 @@ class ConvModule(AffineModule):
     def forward(self, fl: Flow) -> Flow:
         w = self.stacked_weight()
         k, o = w.shape[:2]
-        x = fl.h
-        _, (pt, pb), (pl, pr) = self.layer._pads(x.shape[-2], x.shape[-1])
-        if pt or pb or pl or pr:
-            x = F.pad(x, (pl, pr, pt, pb))
+        x = self.layer.pad(fl.h)
         groups = 1 if fl.layout == "shared" else k
         weight = w.reshape(k * o, *w.shape[2:])
         b = self.stacked_bias()
+        stride = self.layer.steps
         if b is None:
-            h = F.conv2d(x, weight, None, self.layer.stride, groups=groups)
+            h = F.conv2d(x, weight, None, stride, groups=groups)
             return Flow(h, "image", k, fl.times(self.w_mult), True)
         alpha = fl.scale() * self.w_mult
         bias = b.reshape(k * o)
         h = F.conv2d(x, weight * alpha if alpha != 1.0 else weight, bias * self.b_mult if self.b_mult != 1.0 else bias,
-                     self.layer.stride, groups=groups)
+                     stride, groups=groups)
         return Flow(h, "image", k, {}, True)
 
 
-class Conv2d(Affine):
+class Conv2d(Window, Affine):
     r"""Convolution ``f_p = W_std / sqrt(C k_h k_w) * sum_{c,a} W_{c,a} x_{c, s p + a} + b_std * b``.
 
     Channels-agnostic (infinite output channels; the input channel count only enters through
-    the fan-in).  With zero padding (``"same"``, neural-tangents/XLA convention: total padding
-    ``max((out-1) s + k - in, 0)``, the smaller half before) and the filter average
-    :math:`\mathcal{A}[K]_{p,p'} = \frac{1}{k_h k_w} \sum_a K_{s p + a,\, s p' + a}`
-    (padded entries count as zeros):
+    the fan-in).  ``padding`` is ``"valid"``, ``"same"`` (zeros; neural-tangents/XLA convention:
+    total padding ``max((out-1) s + k - in, 0)``, the smaller half before) or ``"circular"``
+    (the same sizes, periodic: the image is a torus).  With the filter average
+    :math:`\mathcal{A}[K]_{p,p'} = \frac{1}{k_h k_w} \sum_a K_{s p + a,\, s p' + a}` over the
+    padded kernel (zero padding counts as zeros; circular padding wraps both positions,
+    :math:`K_{q \bmod (H, W),\, q' \bmod (H, W)}`):
 
     .. math::
         \Sigma_{out} = W_{std}^2 \mathcal{A}[\Sigma_{in}] + b_{std}^2, \qquad
@@ -62,107 +54,66 @@ class Conv2d(Affine):
     """
 
     def __init__(self, kernel_size, stride=1, padding: str = "valid", W_std: float = 1.0, b_std: float | None = None):
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise GpmarginError(f"Conv2d padding={padding!r} is not supported; use 'valid' or 'same'")
-        self.padding = padding
+        name = type(self).__name__
+        self.kernel_size = window_tuple(kernel_size, name, "kernel_size")
+        self.stride = window_tuple(stride, name, "stride")
+        self.padding = parse_padding(padding, name)
         self.W_std = float(W_std)
         self.b_std = None if b_std is None else float(b_std)
 
-    # -- geometry -----------------------------------------------------------------------
-    def _pads(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        """((out_h, out_w), (top, bottom), (left, right))."""
-        out, pads = [], []
-        for size, k, s in zip((h, w), self.kernel_size, self.stride):
-            if self.padding == "valid":
-                out.append((size - k) // s + 1 if size >= k else 0)
-                pads.append((0, 0))
-            else:
-                o = -(-size // s)
-                total = max((o - 1) * s + k - size, 0)
-                out.append(o)
-                pads.append((total // 2, total - total // 2))
-        return tuple(out), pads[0], pads[1]
+    # -- geometry (see Window) ----------------------------------------------------------
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.kernel_size
+
+    @property
+    def steps(self) -> tuple[int, int]:
+        return self.stride
 
     def out_spec(self, spec: Spec) -> Spec:
         if spec.kind != "image":
             raise self.fail(spec, "a convolution needs images of shape (N, C, H, W)")
-        (oh, ow), _, _ = self._pads(spec.shape[1], spec.shape[2])
-        if oh < 1 or ow < 1:
-            raise self.fail(spec, f"the {self.kernel_size} filter does not fit; use padding='same' or larger images")
+        oh, ow = self.out_size(spec, f"{self.kernel_size} filter")
         return Spec("image", (None, oh, ow))
 
     def fan_in(self, spec: Spec) -> int | None:
         c = spec.shape[0]
-        return None if c is None else c * self.kernel_size[0] * self.kernel_size[1]
+        return None if c is None else c * self.window[0] * self.window[1]
 
     def weight_shape(self, in_shape, units):
-        return (units, in_shape[0], *self.kernel_size)
+        return (units, in_shape[0], *self.window)
 
     module_class = ConvModule
 
-    def patches(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W) -> (N, C k_h k_w, H_out, W_out)``: the inputs of a weight row at every
-        output position (zero padding included), channel-major like the weights."""
-        n, c, h, w = x.shape
-        (oh, ow), (pt, pb), (pl, pr) = self._pads(h, w)
-        if pt or pb or pl or pr:
-            x = F.pad(x, (pl, pr, pt, pb))
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        shifted = [x[:, :, a : a + sh * (oh - 1) + 1 : sh, b : b + sw * (ow - 1) + 1 : sw]
-                   for a in range(kh) for b in range(kw)]
-        return torch.stack(shifted, dim=2).reshape(n, c * kh * kw, oh, ow)
 
-    # -- the filter average -------------------------------------------------------------
-    def pool_field(self, a: torch.Tensor) -> torch.Tensor:
-        """Filter average over the last two (spatial) dims of ``a``: one position per output."""
-        h, w = a.shape[-2:]
-        _, (pt, pb), (pl, pr) = self._pads(h, w)
-        lead = a.shape[:-2]
-        a = a.reshape(-1, 1, h, w)
-        if pt or pb or pl or pr:
-            a = F.pad(a, (pl, pr, pt, pb))
-        out = F.avg_pool2d(a, self.kernel_size, self.stride)
-        return out.reshape(*lead, *out.shape[-2:])
+class Conv1d(Conv2d):
+    r"""1-D convolution of sequences ``(N, C, L)``: ``f_t = W_std / sqrt(C k) * sum_{c,a} W_{c,a}
+    x_{c, s t + a} + b_std * b`` (neural-tangents' ``stax.Conv`` with a 1-tuple filter on
+    ``(N, L, C)`` inputs).
 
-    def average(self, k: torch.Tensor, layout: str) -> torch.Tensor:
-        """Filter average of a kernel tensor whose trailing dims are its spatial layout."""
-        if layout == "diag":
-            return self.pool_field(k)
-        h, w = k.shape[-4:-2]
-        (oh, ow), (pt, pb), (pl, pr) = self._pads(h, w)
-        if pt or pb or pl or pr:
-            k = F.pad(k, (pl, pr, pt, pb, pl, pr, pt, pb))
-        return self._average_padded(k, oh, ow)
+    A sequence is an image of height 1 (inputs ``(N, C, L)`` are taken as ``(N, C, 1, L)``), and
+    ``Conv1d(k, s)`` is the ``Conv2d`` with window ``(1, k)`` and strides ``(1, s)``: the same
+    maps, :math:`\mathcal{A}[K]_{t,t'} = \frac1k \sum_a K_{st+a,\, st'+a}` (padding as in
+    ``Conv2d``).  Its finite weights are ``(k, out, C, 1, k)``.
+    """
 
-    def average_dist(self, st) -> torch.Tensor:
-        """Filter average of the pair distance.  With zero padding and all position pairs kept, a
-        padded position paired with a real one ``p'`` is at distance ``v2[p']`` (not 0), so the
-        padded distance gets those entries before it is averaged."""
-        h, w = st.dist.shape[-4:-2] if st.layout == "full" else (0, 0)
-        if st.layout != "full" or self.padding == "valid":
-            return self.average(st.dist, st.layout)
-        (oh, ow), (pt, pb), (pl, pr) = self._pads(h, w)
-        if not (pt or pb or pl or pr):
-            return self._average_padded(st.dist, oh, ow)
-        pads = (pl, pr, pt, pb)
-        d = F.pad(st.dist, pads + pads)
-        outside = 1.0 - F.pad(st.dist.new_ones(h, w), pads)  # 1 on the padding
-        v1, v2 = F.pad(st.var1.clamp(min=0), pads), F.pad(st.var2.clamp(min=0), pads)
-        d.add_(st.bcast1(outside.expand_as(v1)) * st.bcast2(v2)).add_(st.bcast1(v1) * st.bcast2(outside.expand_as(v2)))
-        return self._average_padded(d, oh, ow)
+    def __init__(self, kernel_size, stride=1, padding: str = "valid", W_std: float = 1.0, b_std: float | None = None):
+        self.kernel_size = window_tuple(kernel_size, "Conv1d", "kernel_size", 1)[0]
+        self.stride = window_tuple(stride, "Conv1d", "stride", 1)[0]
+        self.padding = parse_padding(padding, "Conv1d")
+        self.W_std = float(W_std)
+        self.b_std = None if b_std is None else float(b_std)
 
-    def _average_padded(self, k: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
-        """The filter average of an already padded full-layout tensor ``(..., H', W', H', W')``."""
-        kh, kw = self.kernel_size
-        sh, sw = self.stride
-        out = None
-        for a in range(kh):
-            rows = slice(a, a + sh * (oh - 1) + 1, sh)
-            for b in range(kw):
-                cols = slice(b, b + sw * (ow - 1) + 1, sw)
-                term = k[..., rows, cols, rows, cols]
-                out = term.clone() if out is None else out.add_(term)
-        return out.div_(kh * kw)
+    @property
+    def window(self) -> tuple[int, int]:
+        return (1, self.kernel_size)
+
+    @property
+    def steps(self) -> tuple[int, int]:
+        return (1, self.stride)
+
+    def out_spec(self, spec: Spec) -> Spec:
+        if spec.kind != "image" or spec.shape[1] != 1:
+            raise self.fail(spec, "a 1-D convolution needs sequences of shape (N, C, L)")
+        oh, ow = self.out_size(spec, f"length-{self.kernel_size} filter")
+        return Spec("image", (None, oh, ow))

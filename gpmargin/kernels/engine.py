@@ -187,13 +187,20 @@ class Engine:
         self.name = "serial(" + ", ".join(repr(layer) for layer in self.layers) + ")"
 
     # -- planning ---------------------------------------------------------------------
-    def plan(self, spec: Spec) -> tuple[str, int, list[Spec]]:
-        """Check the composition for inputs of ``spec``.
+    def plan(self, spec: Spec, kernel: bool = True) -> tuple[str, int, list[Spec]]:
+        """Check the composition for inputs of ``spec`` (``kernel``: also that every activation
+        gets the zero-mean Gaussian pre-activations its closed form needs; a finite network of
+        activations back to back is fine, its kernel is not computed).
 
         Returns the input layout, the memory of a kernel entry in numbers (largest spatial size,
         times the most branches alive at once), and the input spec of every step.
         """
         out, specs, biggest, needs_full, width = _walk(self.steps, spec)
+        for step, s in zip(self.steps, specs):
+            if kernel and step.layer.needs_gaussian and not s.gaussian:
+                raise GpmarginError(
+                    f"{step.where}: {step.layer!r} gets the outputs of a nonlinearity, not the zero-mean Gaussian "
+                    "pre-activations its closed form needs; put a Dense/Conv2d layer before it (as neural-tangents requires)")
         if isinstance(out, tuple):
             raise GpmarginError(f"the network {self.name} ends with {len(out)} branches; join them with FanInSum(), "
                                 "FanInConcat() or FanInProd()")
@@ -461,9 +468,9 @@ def kernel_diagonal(layers, x, get="nngp", *, max_memory=None, progress=None, ba
     return Engine(layers).diag(x, get, max_memory=max_memory, progress=progress, batch_size=batch_size)
 
 
-def plan(layers, spec: Spec):
+def plan(layers, spec: Spec, kernel: bool = True):
     """Check the network ``layers`` for inputs of ``spec`` (see :meth:`Engine.plan`)."""
-    return Engine(layers).plan(spec)
+    return Engine(layers).plan(spec, kernel)
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -26,8 +26,9 @@ def parse_get(get) -> tuple[bool, bool, bool]:
 def as_input(x, name: str, device=None) -> torch.Tensor:
     """Validate one input array and return it as a float64 torch tensor.
 
-    Accepts numpy arrays and torch tensors of a floating dtype, shape (N, d) or (N, C, H, W),
-    non-empty and finite; anything else raises :class:`GpmarginError`.
+    Accepts numpy arrays and torch tensors of a floating dtype, shape (N, d), (N, C, L)
+    (sequences, returned as images of height 1, ``(N, C, 1, L)``) or (N, C, H, W), non-empty and
+    finite; anything else raises :class:`GpmarginError`.
     """
     if isinstance(x, np.ndarray):
         if not np.issubdtype(x.dtype, np.floating):
@@ -39,13 +40,16 @@ def as_input(x, name: str, device=None) -> torch.Tensor:
         raise GpmarginError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
     if not x.dtype.is_floating_point:
         raise GpmarginError(f"{name} has dtype {x.dtype}; kernels need floating-point inputs (convert with x.double())")
-    if x.dim() not in (2, 4):
+    if x.dim() not in (2, 3, 4):
         raise GpmarginError(
-            f"{name} has shape {tuple(x.shape)}; expected (N, d) for dense networks or (N, C, H, W) for convolutional ones"
+            f"{name} has shape {tuple(x.shape)}; expected (N, d) for dense networks, (N, C, L) for sequences or "
+            "(N, C, H, W) for convolutional ones"
         )
     if x.numel() == 0:
         raise GpmarginError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one example with at least one feature")
     x = x.detach()
+    if x.dim() == 3:  # a sequence is an image of height 1
+        x = x.unsqueeze(2)
     if device is not None:
         x = x.to(device)
     x = x.to(torch.float64)
@@ -57,5 +61,5 @@ def as_input(x, name: str, device=None) -> torch.Tensor:
 
 def input_spec(x: torch.Tensor) -> Spec:
     if x.dim() == 2:
-        return Spec("vector", (x.shape[1],))
-    return Spec("image", tuple(x.shape[1:]))
+        return Spec("vector", (x.shape[1],), gaussian=True)
+    return Spec("image", tuple(x.shape[1:]), gaussian=True)

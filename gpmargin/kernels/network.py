@@ -27,16 +27,17 @@ from gpmargin.kernels.state import Spec
 
 
 def parse_in_shape(in_shape) -> tuple:
-    """``d`` or ``(d,)`` (vectors) or ``(C, H, W)`` (images) as a tuple of positive ints."""
+    """``d`` or ``(d,)`` (vectors), ``(C, L)`` (sequences) or ``(C, H, W)`` (images) as a tuple of positive ints."""
     shape = (in_shape,) if isinstance(in_shape, numbers.Integral) else in_shape
     try:
         shape = tuple(shape)
     except TypeError:
         shape = None
-    if (shape is None or len(shape) not in (1, 3)
+    if (shape is None or len(shape) not in (1, 2, 3)
             or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape)):
         raise GpmarginError(
-            f"in_shape={in_shape!r} must be the shape of one example: d (or (d,)) for vectors, (C, H, W) for images")
+            f"in_shape={in_shape!r} must be the shape of one example: d (or (d,)) for vectors, (C, L) for sequences, "
+            "(C, H, W) for images")
     return tuple(int(s) for s in shape)
 
 
@@ -90,11 +91,12 @@ class Network(nn.Module):
         except (RuntimeError, TypeError) as exc:
             raise GpmarginError(f"device={device!r} is not a torch device: {exc}") from None
         layers = kernel.engine_layers()
-        plan(layers, Spec("image" if len(in_shape) == 3 else "vector", in_shape))  # checks the composition
+        layer_shape = (in_shape[0], 1, in_shape[1]) if len(in_shape) == 2 else in_shape  # a sequence: H = 1
+        plan(layers, Spec("image" if len(layer_shape) == 3 else "vector", layer_shape, gaussian=True), kernel=False)
         affine = sum(1 for step in compile_steps(layers) if not step.check and step.layer.has_units)
         units = iter(parse_widths(width, max(affine - 1, 0)) + [outputs])
         init = Init(parameterization, seeds, stacked, dtype, device, draw)
-        chain, shape = build_chain(layers, in_shape, lambda: next(units), init)
+        chain, shape = build_chain(layers, layer_shape, lambda: next(units), init)
         self.layers = chain.layers
         self.kernel = kernel
         self.in_shape, self.out_shape = in_shape, shape
@@ -152,8 +154,10 @@ class Network(nn.Module):
         k = self.members or 1
         d = len(self.in_shape)
         if x.dim() == d + 1 and tuple(x.shape[1:]) == self.in_shape:
-            fl = Flow(x, "shared", k)
+            fl = Flow(x.unsqueeze(-2) if d == 2 else x, "shared", k)  # a sequence (C, L) is an image (C, 1, L)
         elif self.members is not None and x.dim() == d + 2 and x.shape[0] == k and tuple(x.shape[2:]) == self.in_shape:
+            if d == 2:
+                x = x.unsqueeze(-2)
             if d == 1:
                 fl = Flow(x.transpose(1, 2), "vector", k)
             else:

@@ -47,8 +47,10 @@ class Spec:
     gaussian: bool = False
 
     # ``gaussian``: the features are zero-mean Gaussian processes over units (the output of an
-    # affine layer, possibly pooled or flattened), as neural-tangents' ``is_gaussian``; set by the
-    # engine's plan from each layer's ``gaussian_out`` and required by the fan-in combinators.
+    # affine layer, possibly pooled or flattened; the inputs count as Gaussian with covariance
+    # x.x'/d, the convention of every activation kernel of raw inputs), like neural-tangents'
+    # ``is_gaussian``; set by the engine's plan from each layer's ``gaussian_out``, required by the
+    # activations and the fan-in combinators.
 
     # ``row_dof = k`` marks pre-activations made by zero-mean unit-norm rows of finite fan-in
     # ``k + 1`` (first layer of a constrained network): projections of a uniform unit vector
