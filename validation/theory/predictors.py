@@ -49,6 +49,9 @@ class Predictor:
         self.time, self.learning_rate = config.trained_time() if at_time else (None, 1.0)
         if at_time:
             self.label = f"gradient descent at t = {self.time:g} (lr {self.learning_rate:g})"
+        arch = getattr(config, "arch", "mlp")
+        if arch != "mlp":  # the preset's kernel, not the paper's MLP
+            self.label = self.label.replace("paper kernel", f"{arch.replace('_', ' ')} kernel")
         self.predictor = MarginPredictor(
             config.kernel(constrained), np.asarray(task.x_train), np.asarray(task.y_train),
             np.asarray(task.x_test), np.asarray(task.y_test), kind=self.kind, time=self.time,
