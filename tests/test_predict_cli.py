@@ -101,6 +101,23 @@ def test_cnn_on_real_mnist(tmp_path, mnist_test):
     assert d["n_test"] == 80 and 0.5 < d["limit_accuracy"] <= 1.0
 
 
+def test_myrtle_and_wide_resnet_curves_on_digits(tmp_path, capsys):
+    """``--arch myrtle`` / ``wide-resnet``: the presets' NNGP curves on 8x8 digit images."""
+    for arch, depth in (("myrtle", "5"), ("wide-resnet", "10")):
+        out = tmp_path / arch
+        rc = main(["predict", "--dataset", "digits", "--arch", arch, "--depth", depth, "--task", "parity", "--n-train",
+                   "40", "--n-test", "30", "--margins", "0.1,1", "--ensemble", "1", "--no-progress", "--out", str(out)])
+        assert rc == 0
+        d = json.loads((out / "curve.json").read_text())
+        assert d["config"]["arch"] == arch and d["info"]["data"]["flatten"] is False and 0.5 < d["limit_accuracy"] <= 1
+    assert main(["predict", "--dataset", "digits", "--arch", "myrtle", "--depth", "6", "--no-progress",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--depth 6: myrtle depth=6 must be 5, 7 or 10" in capsys.readouterr().err
+    assert main(["predict", "--dataset", "digits", "--arch", "myrtle", "--constrained", "--no-progress",
+                 "--out", str(tmp_path / "bad2")]) == 2
+    assert "--constrained" in capsys.readouterr().err
+
+
 def test_margin_and_ensemble_specs():
     m = parse_margins("1e-3:1e1:41")
     assert len(m) == 41 and m[0] == pytest.approx(1e-3) and m[-1] == pytest.approx(10.0)

@@ -19,7 +19,9 @@ import time
 from gpmargin.io import path_argument
 
 DEFAULT_ENSEMBLE = "1,2,4,8,16"
-ARCHS = ("paper-mlp", "paper-cnn")
+ARCHS = ("paper-mlp", "paper-cnn", "wide-resnet", "myrtle")
+IMAGE_ARCHS = ("paper-cnn", "wide-resnet", "myrtle")  # take images, not flattened vectors
+_DEFAULT_DEPTH = {"paper-mlp": 5, "paper-cnn": 4, "wide-resnet": 16, "myrtle": 5}
 
 
 def register(subparsers) -> None:
@@ -80,7 +82,7 @@ def add_arch_arguments(p) -> None:
     p.add_argument("--arch", default="paper-mlp", choices=ARCHS, help="architecture (default paper-mlp)")
     p.add_argument("--depth", type=int, default=None,
                    help="weight layers: paper-mlp weight matrices (default 5); paper-cnn 2 conv + dense "
-                        "layers (>= 3, default 4)")
+                        "layers (>= 3, default 4); wide-resnet 6n+4 (default 16, WRN-16); myrtle 5, 7 or 10 (default 5)")
     p.add_argument("--constrained", action="store_true", help="use the exact kernel of Nero-constrained networks (zero-mean, unit-norm weight rows) "
                         "instead of the paper's Gaussian kernel")
 
@@ -135,6 +137,13 @@ def kernel_from_args(args):
         if args.depth < 1:
             raise GpmarginError(f"--depth must be at least 1 for paper-mlp, got {args.depth}")
         return kernels.paper_mlp(args.depth, constrained=args.constrained)
+    if args.arch in ("wide-resnet", "myrtle"):
+        if args.constrained:
+            raise GpmarginError(f"--constrained: the Nero-constrained kernel exists for paper-mlp and paper-cnn, not {args.arch}")
+        try:
+            return kernels.wide_resnet(args.depth) if args.arch == "wide-resnet" else kernels.myrtle(args.depth)
+        except GpmarginError as exc:
+            raise GpmarginError(f"--depth {args.depth}: {exc}") from None
     if args.depth < 3:
         raise GpmarginError(f"--depth for paper-cnn counts 2 conv layers plus >= 1 dense layer: at least 3, got {args.depth}")
     return kernels.paper_cnn(args.depth, constrained=args.constrained)
@@ -146,7 +155,7 @@ def load_task(args):
     from gpmargin.errors import GpmarginError
 
     if args.depth is None:
-        args.depth = 5 if args.arch == "paper-mlp" else 4
+        args.depth = _DEFAULT_DEPTH[args.arch]
     dataset = (args.dataset or "digits").lower()
     from gpmargin.data import make_task
 
@@ -157,7 +166,7 @@ def load_task(args):
         n_train=n_train,
         n_test=args.n_test,
         seed=args.seed,
-        flatten=args.arch != "paper-cnn",
+        flatten=args.arch not in IMAGE_ARCHS,
         root=args.data_root,
     )
 
