@@ -237,7 +237,8 @@ def _add(dists):
 class FanInProd(FanIn):
     r"""Elementwise product of the branches (independent, zero mean):
     :math:`\Sigma = \prod_j \Sigma_j`, :math:`\Theta = \sum_j \Theta_j \prod_{i \ne j} \Sigma_i`.
-    The pair distance is not carried on (a later activation uses ``v1 + v2 - 2 Sigma``)."""
+    The pair distance is carried only where it is 0 in every branch (identical products); elsewhere
+    a later activation uses ``v1 + v2 - 2 Sigma``."""
 
     def out_spec(self, specs):
         return self.same_shapes(specs)
@@ -249,7 +250,11 @@ class FanInProd(FanIn):
             if ntk is not None:
                 ntk = ntk.mul_(st.nngp).addcmul_(nngp, st.ntk)
             nngp = nngp.mul_(st.nngp)
-        out.nngp, out.ntk, out.dist = nngp, ntk, None
+        dists = _all_or_none([st.dist for st in states]) if keep_dist else None
+        if dists is not None:
+            identical = torch.stack([d == 0 for d in dists]).all(0)
+            dists = torch.full_like(dists[0], torch.nan).masked_fill_(identical, 0.0)
+        out.nngp, out.ntk, out.dist = nngp, ntk, dists
         means = _branch_means(states)
         if means is not None:
             prod = means[0].clone()

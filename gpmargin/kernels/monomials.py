@@ -246,8 +246,26 @@ class RectifiedMonomial(ExpectationActivation):
     :func:`_arccos_polys`).  The mean over units is :math:`v^{n/2}\, 2^{n/2 - 1}\Gamma(\tfrac{n+1}{2})/\sqrt\pi`.
     """
 
+    uses_dist = True  # identical pre-activations: theta = 0 exactly, not ~sqrt(eps) from rounding
+
     def __init__(self, degree: int):
         self.degree = _degree(degree, "RectifiedMonomial")
+
+    def apply(self, st):
+        """The map of :class:`ExpectationActivation`, with ``Sigma = sqrt(v1 v2)`` set exactly
+        where the pair distance is 0 (identical pre-activations, whose angle is exactly 0)."""
+        if not st.is_exact_diagonal:
+            v1, v2 = st.bcast1(st.var1.clamp(min=0)), st.bcast2(st.var2.clamp(min=0))
+            if st.dist is None and st.near is not None:  # a vector tile: the driver recomputes near pairs
+                cos = st.nngp * _rsqrt_or_zero(v1 * v2)
+                where = (cos > 1.0 - NEAR_ONE).nonzero(as_tuple=True)
+                if where[0].numel():
+                    st.near.append(where)
+            elif st.dist is not None:
+                same = st.pair_dist() == 0
+                if bool(same.any()):
+                    st.nngp = torch.where(same, (v1 * v2).sqrt().expand_as(st.nngp), st.nngp)
+        return super().apply(st)
 
     def nngp_map(self, k, v1, v2):
         return _arccos_kernel(self.degree, k, v1, v2)

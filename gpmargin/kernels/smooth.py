@@ -29,13 +29,14 @@ class ExpectationActivation(Activation):
 
     Neither may modify its arguments.  On a self state of exact diagonal entries both are called
     with ``Sigma = v1 = v2 = v``, the same tensor (exact there: every ``v1 v2 - Sigma^2`` is 0).
-    The pair distance is not mapped (``maps_dist = False``: a later layer that needs it
-    recomputes ``v1 + v2 - 2 Sigma``; :class:`~gpmargin.kernels.monomials.Sign` overrides
-    :meth:`apply` to map it).  Subclasses also give ``phi`` itself (:meth:`phi`, the finite
+    The pair distance is mapped where it is exact without a closed form: identical
+    pre-activations (distance 0: duplicated inputs, identical receptive fields) have identical
+    outputs, distance 0; elsewhere it is not carried (NaN) and a later layer that needs it
+    recomputes ``v1 + v2 - 2 Sigma`` (:class:`~gpmargin.kernels.monomials.Sign` maps it everywhere).  Subclasses also give ``phi`` itself (:meth:`phi`, the finite
     layer) and the mean :meth:`gaussian_mean`.
     """
 
-    maps_dist = False
+    maps_dist = True
 
     def nngp_map(self, k: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -61,11 +62,19 @@ class ExpectationActivation(Activation):
             st.ntk.mul_(self.ntk_factor(k, v1, v2))
         out = self.nngp_map(k, v1, v2)
         st.nngp.copy_(torch.as_tensor(out, dtype=st.nngp.dtype, device=st.nngp.device))
-        st.dist = None
+        st.dist = identical_only(st.dist) if st.keep_dist else None
         return st
 
     def finite(self, fl: Flow) -> Flow:
         return Flow(self.phi(fl.materialise().h), fl.layout, fl.members, {}, True)
+
+
+def identical_only(dist: torch.Tensor | None) -> torch.Tensor | None:
+    """The output distance of an elementwise map known only for identical inputs: 0 where ``dist``
+    is 0, not carried (NaN) elsewhere (see :meth:`KernelState.pair_dist`)."""
+    if dist is None:
+        return None
+    return torch.full_like(dist, torch.nan).masked_fill_(dist == 0, 0.0)
 
 
 def _gap(k, v1, v2):

@@ -174,16 +174,23 @@ class Window:
         return self._average_padded(d, oh, ow)
 
     def _average_padded(self, k: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
-        """The filter average of an already padded full-layout tensor ``(..., H', W', H', W')``."""
+        """The filter average of an already padded full-layout tensor ``(..., H', W', H', W')``.
+
+        Separable: the matched column offsets first (``k_w`` strided sums), then the matched row
+        offsets of that (``k_h`` sums over a tensor ``W'/ow`` times smaller): ``k_h + k_w`` passes
+        instead of ``k_h k_w``."""
         kh, kw = self.window
         sh, sw = self.steps
+        cols = None
+        for b in range(kw):
+            sl = slice(b, b + sw * (ow - 1) + 1, sw)
+            term = k[..., :, sl, :, sl]
+            cols = term.clone() if cols is None else cols.add_(term)
         out = None
         for a in range(kh):
-            rows = slice(a, a + sh * (oh - 1) + 1, sh)
-            for b in range(kw):
-                cols = slice(b, b + sw * (ow - 1) + 1, sw)
-                term = k[..., rows, cols, rows, cols]
-                out = term.clone() if out is None else out.add_(term)
+            sl = slice(a, a + sh * (oh - 1) + 1, sh)
+            term = cols[..., sl, :, sl, :]
+            out = term.clone() if out is None else out.add_(term)
         return out.div_(kh * kw)
 
     # -- the window average (all pairs of offsets) -------------------------------------------
