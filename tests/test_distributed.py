@@ -250,8 +250,13 @@ def test_worker_without_the_package_is_refused(cluster, tmp_path):
                              "--no-nanny", "--nthreads", "1", "--preload", str(block), "--no-dashboard"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        import gc
+
         from distributed import Client
 
+        # a Client left unreferenced by an earlier test is finalised here, not inside the new
+        # Client's loop start (distributed's LoopRunner holds a lock there that Client.__del__ needs)
+        gc.collect()
         with Client(cluster.scheduler_address, set_as_default=False) as client:
             client.wait_for_workers(3, timeout=60)
         with pytest.raises(GpmarginError, match=r"^worker tcp://\S+ \(host .*\) cannot import gpmargin "
