@@ -135,7 +135,6 @@ class Sin(ExpectationActivation):
     """
 
     _shift = 0.0  # phase added to c (Cos)
-    _fn = staticmethod(torch.sin)
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
         self.a = float(a)
@@ -161,14 +160,16 @@ class Sin(ExpectationActivation):
         return (var.clamp(min=0) * (-0.5 * self.b**2)).exp_().mul_(self.a * math.sin(self.c + self._shift))
 
     def phi(self, h):
-        return self._fn(h * self.b + self.c) * self.a
+        return torch.sin(h * self.b + self.c) * self.a
 
 
 class Cos(Sin):
     r"""``phi(x) = a cos(b x + c)``: :class:`Sin` with the phase ``c + pi/2`` (as stax's ``Cos``)."""
 
     _shift = math.pi / 2
-    _fn = staticmethod(torch.cos)
+
+    def phi(self, h):
+        return torch.cos(h * self.b + self.c) * self.a
 
 
 class Rbf(ExpectationActivation):
