@@ -25,7 +25,6 @@ own slice of the stacked parameters, so one Jacobian of the sum over members hol
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -177,9 +176,3 @@ def empirical_nngp(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor | 
     f2 = f1 if same else fn.outputs(_as_batch(x2, "x2"))
     out = torch.einsum("kna,kmb->knmab", f1, f2)
     return _finish(out, fn, trace_outputs, same)
-
-
-def output_count(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """``O``: the number of outputs of ``model`` per example (its output size over ``n``)."""
-    fn = _Functional(model)
-    return int(math.prod(fn.outputs(_as_batch(x, "x")[:1]).shape[2:]))

@@ -15,6 +15,7 @@ one after the other on the same tile; each branch holds its own copy of the tile
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable
 
 import torch
@@ -30,10 +31,8 @@ from gpmargin.kernels.state import KernelState, Spec
 
 def _copy(st: KernelState) -> KernelState:
     """An independent copy of a state's tensors (statistics and the ``near`` list are shared)."""
-    clone = KernelState(st.nngp.clone(), None if st.ntk is None else st.ntk.clone(), st.var1, st.var2,
-                        st.mean1, st.mean2, st.layout, st.pair, st.spec, None if st.dist is None else st.dist.clone(),
-                        st.keep_dist, st.points, st.near, st.aux1, st.aux2)
-    return clone
+    return replace(st, nngp=st.nngp.clone(), ntk=None if st.ntk is None else st.ntk.clone(),
+                   dist=None if st.dist is None else st.dist.clone())
 
 
 class FanOut(Layer):
