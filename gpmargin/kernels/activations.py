@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from gpmargin.kernels.base import Layer
+from gpmargin.kernels.base import Layer, hyperparameter
 from gpmargin.kernels.finite import Flow, LayerModule
 from gpmargin.kernels.state import KernelState, Spec
 
@@ -36,6 +37,9 @@ def _scale(k: torch.Tensor, st: KernelState, key: str) -> None:
 
 
 def _const(t: torch.Tensor) -> float | None:
+    """The value of ``t`` if all its entries are equal (and autograd need not see it), else None."""
+    if t.requires_grad:
+        return None
     lo, hi = float(t.min()), float(t.max())
     return lo if lo == hi else None
 
@@ -90,7 +94,161 @@ def _sin_minus_theta_cos(theta: torch.Tensor) -> torch.Tensor:
     return (((t2 * (-1.0 / 45360) + 1.0 / 840) * t2 - 1.0 / 30) * t2 + 1.0 / 3) * t2 * theta
 
 
-def arccos_near_one(dist, s1, s2, f: float, g: float):
+def _tracked(*values) -> bool:
+    """Whether autograd differentiates a function of ``values``: a tensor among them requires grad
+    (grad mode on) or carries a forward-mode tangent (``torch.autograd.forward_ad``)."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+class _Root(torch.autograd.Function):
+    """``sqrt(x)`` of ``x >= 0`` whose derivative ``1 / (2 sqrt x)`` is taken as 0 at ``x = 0``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = x.sqrt()
+        ctx.save_for_backward(r)
+        ctx.save_for_forward(r)
+        return r
+
+    @staticmethod
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        return grad * _half_inverse(r)
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (r,) = ctx.saved_tensors
+        return tangent * _half_inverse(r)
+
+
+def _half_inverse(r: torch.Tensor) -> torch.Tensor:
+    """``1 / (2 r)``, 0 where ``r = 0``."""
+    positive = r > 0
+    return torch.where(positive, 0.5 / torch.where(positive, r, torch.ones_like(r)), torch.zeros_like(r))
+
+
+def root(x: torch.Tensor) -> torch.Tensor:
+    r"""``sqrt(x)`` for ``x >= 0`` (in place when autograd does not record it).
+
+    Used for the :math:`\sin	heta`-like roots of the angle of two pre-activations
+    (:math:`\sqrt{v_1 v_2 - \Sigma^2}`, :math:`\sqrt{(1 - \cos	heta)/2}`), whose derivative is
+    infinite where the two coincide: there it is taken as 0, so a map whose own derivative is
+    finite (the infinite terms cancel) gets it, and one whose derivative is truly infinite gets its
+    derivative along the moves that keep the pair coinciding (see :class:`ABRelu`)."""
+    return _Root.apply(x) if _tracked(x) else x.sqrt_()
+
+
+def _arc_vjp(ctx, grad_j, grad_factor, d_cos: float):
+    r"""Backward of :math:`(J, F) = (f\sin	heta + (g - f	heta)\cos	heta,\ g - f	heta)` for an
+    input coordinate whose derivative with respect to :math:`\cos	heta` is ``d_cos``:
+    :math:`\partial J / \partial\cos	heta = F` and :math:`\partial F / \partial\cos	heta = f / \sin	heta`,
+    taken as 0 where :math:`\sin	heta = 0` (see :class:`ABRelu`); :math:`\partial J/\partial f = \sin	heta -
+    	heta\cos	heta`, :math:`\partial J/\partial g = \cos	heta`, :math:`\partial F/\partial f = -	heta`,
+    :math:`\partial F/\partial g = 1`."""
+    theta, sin, cos, factor = ctx.saved_tensors
+    grad_j = torch.zeros_like(theta) if grad_j is None else grad_j
+    grad_factor = torch.zeros_like(theta) if grad_factor is None else grad_factor
+    grad_in = (grad_j * factor + grad_factor * _factor_slope(sin, ctx.f)) * d_cos
+    grad_f = grad_g = None
+    if ctx.needs_input_grad[1]:
+        grad_f = (grad_j * (sin - theta * cos) - grad_factor * theta).sum()
+    if ctx.needs_input_grad[2]:
+        grad_g = (grad_j * cos + grad_factor).sum()
+    return grad_in, grad_f, grad_g
+
+
+def _factor_slope(sin: torch.Tensor, f: float) -> torch.Tensor:
+    r""":math:`\partial F / \partial\cos\theta = f / \sin\theta`, 0 where :math:`\sin\theta = 0`."""
+    positive = sin > 0
+    return torch.where(positive, f / torch.where(positive, sin, torch.ones_like(sin)), torch.zeros_like(sin))
+
+
+def _arc_jvp(ctx, tangent, f_t, g_t, d_cos: float):
+    """Forward-mode twin of :func:`_arc_vjp`: the tangents of ``(J, F)``."""
+    theta, sin, cos, factor = ctx.saved_tensors
+    t_j = tangent * factor * d_cos if tangent is not None else torch.zeros_like(theta)
+    t_f = tangent * _factor_slope(sin, ctx.f) * d_cos if tangent is not None else torch.zeros_like(theta)
+    if f_t is not None:
+        t_j = t_j + f_t * (sin - theta * cos)
+        t_f = t_f - f_t * theta
+    if g_t is not None:
+        t_j = t_j + g_t * cos
+        t_f = t_f + g_t
+    return t_j, t_f
+
+
+class _ArcCosine(torch.autograd.Function):
+    r"""``cos theta -> (J, F)`` of the degree-1 arc-cosine map (:class:`ABRelu`), in place on
+    ``cos``: :math:`J = f\sin	heta + (g - f	heta)\cos	heta`, :math:`F = g - f	heta`, with the
+    backward of :func:`_arc_vjp` (finite where ``arccos'`` is not, at :math:`\cos	heta = \pm 1`)."""
+
+    @staticmethod
+    def forward(ctx, k, f, g, keep: bool):
+        fv, gv = float(f), float(g)
+        one = k.new_ones(())
+        theta = torch.arccos(k)
+        cos = k.clone() if keep else None
+        # f sin(theta) = f sqrt((1 - cos)(1 + cos)): each factor is exact where it is small
+        # (Sterbenz), so sin keeps its relative accuracy at cos = +-1, like the arc-cosine
+        sin = torch.sub(one, k).mul_(torch.add(k, one)).sqrt_()
+        factor = theta.clone() if keep else theta
+        torch.add(one * gv, factor, alpha=-fv, out=factor)  # g - f theta = E[phi'(u) phi'(u')]
+        if keep:
+            ctx.save_for_backward(theta, sin, cos, factor)
+            ctx.save_for_forward(theta, sin, cos, factor)
+            ctx.f = fv
+            sin = sin * fv
+        else:
+            sin.mul_(fv)
+        torch.addcmul(sin, factor, k, out=k)  # f sin + (g - f theta) cos
+        ctx.mark_dirty(k)
+        return k, factor
+
+    @staticmethod
+    def backward(ctx, grad_j, grad_factor):
+        return (*_arc_vjp(ctx, grad_j, grad_factor, 1.0), None)
+
+    @staticmethod
+    def jvp(ctx, k_t, f_t, g_t, _):
+        t_j, t_f = _arc_jvp(ctx, k_t, f_t, g_t, 1.0)
+        return k_t.copy_(t_j), t_f  # the tangent of the input rewritten in place, as the input
+
+
+class _ArcCosineNear(torch.autograd.Function):
+    r"""``1 - cos theta -> (J, F, S)`` for small angles (:func:`arccos_near_one`): ``J, F`` as
+    :class:`_ArcCosine` and :math:`S = \sin	heta - 	heta\cos	heta` (by its series), with
+    :math:`\partial S / \partial(1 - \cos	heta) = 	heta`."""
+
+    @staticmethod
+    def forward(ctx, one_minus_cos, f, g):
+        fv, gv = float(f), float(g)
+        theta = one_minus_cos.mul(0.5).sqrt_().arcsin_().mul_(2.0)
+        cos = 1.0 - one_minus_cos
+        sin = (one_minus_cos * (2.0 - one_minus_cos)).sqrt_()
+        factor = gv - fv * theta
+        ctx.save_for_backward(theta, sin, cos, factor)
+        ctx.save_for_forward(theta, sin, cos, factor)
+        ctx.f = fv
+        return fv * sin + factor * cos, factor, _sin_minus_theta_cos(theta)
+
+    @staticmethod
+    def backward(ctx, grad_j, grad_factor, grad_s):
+        grad_in, grad_f, grad_g = _arc_vjp(ctx, grad_j, grad_factor, -1.0)
+        if grad_s is not None:
+            grad_in = grad_in + grad_s * ctx.saved_tensors[0]
+        return grad_in, grad_f, grad_g
+
+    @staticmethod
+    def jvp(ctx, tangent, f_t, g_t):
+        t_j, t_f = _arc_jvp(ctx, tangent, f_t, g_t, -1.0)
+        theta = ctx.saved_tensors[0]
+        return t_j, t_f, (tangent * theta if tangent is not None else torch.zeros_like(theta))
+
+
+def arccos_near_one(dist, s1, s2, f, g):
     r"""The degree-1 arc-cosine map from the distance, for pairs near correlation 1.
 
     With :math:`p = \sqrt{v_1 v_2}` (``s_i = \sqrt{v_i}``), :math:`\delta = (s_1 - s_2)^2` and
@@ -105,12 +263,9 @@ def arccos_near_one(dist, s1, s2, f: float, g: float):
     p = s1 * s2
     delta = (s1 - s2).square_()
     one_minus_cos = (dist - delta).mul_(0.5 * _rsqrt_or_zero(p * p)).clamp_(0.0, 1e-3)
-    theta = one_minus_cos.mul(0.5).sqrt_().arcsin_().mul_(2.0)
-    cos = 1.0 - one_minus_cos
-    sin = (one_minus_cos * (2.0 - one_minus_cos)).sqrt_()
-    factor = g - f * theta
-    sigma = p * (f * sin + factor * cos)
-    dist_out = g * delta + 2.0 * p * (g * one_minus_cos - f * _sin_minus_theta_cos(theta))
+    j, factor, s = _ArcCosineNear.apply(one_minus_cos, f, g)
+    sigma = p * j
+    dist_out = g * delta + 2.0 * p * (g * one_minus_cos - f * s)
     return sigma, factor, dist_out
 
 
@@ -142,8 +297,8 @@ class ABRelu(Activation):
     uses_dist = True
 
     def __init__(self, a: float, b: float):
-        self.a = float(a)
-        self.b = float(b)
+        self.a = hyperparameter(a, "a", type(self).__name__)
+        self.b = hyperparameter(b, "b", type(self).__name__)
 
     def gaussian_mean(self, var):
         return (self.b - self.a) * (var.clamp(min=0) / (2 * math.pi)).sqrt()
@@ -205,7 +360,7 @@ class ABRelu(Activation):
             s2 = _expand_at(st.bcast2(st.aux2["sqrt"]), k, near)
             sigma_near, factor_near, dist_near = arccos_near_one(dist[near], s1, s2, f, g)
             ntk_near = None if st.ntk is None else st.ntk[near] * factor_near
-        self._arccos_map(k, st, f, g)
+        k = st.nngp = self._arccos_map(k, st, f, g)
         if st.keep_dist:  # d' = g (v1 + v2) - 2 Sigma': accurate wherever 1 - cos > NEAR_ONE
             dist = dist.copy_(st.bcast1(st.aux1["var"]).expand_as(k)).add_(st.bcast2(st.aux2["var"]))
             dist.mul_(g).add_(k, alpha=-2.0).clamp_(min=0.0).masked_fill_(same, 0.0)
@@ -219,36 +374,33 @@ class ABRelu(Activation):
         return st
 
     @staticmethod
-    def _arccos_map(k: torch.Tensor, st: KernelState, f: float, g: float) -> None:
+    def _arccos_map(k: torch.Tensor, st: KernelState, f, g) -> torch.Tensor:
         """``k <- sqrt(v1 v2) [f sin(theta) + (g - f theta) cos(theta)]`` from ``k = cos(theta)``,
-        and ``ntk <- (g - f theta) ntk``, in place."""
-        one = k.new_ones(())
-        dot = torch.arccos(k)
-        torch.add(one * g, dot, alpha=-f, out=dot)  # g - f theta = E[phi'(u) phi'(u')]
-        # f sin(theta) = f sqrt((1 - cos)(1 + cos)): each factor is exact where it is small
-        # (Sterbenz), so sin keeps its relative accuracy at cos = +-1, like the arc-cosine
-        fsin = torch.sub(one, k).mul_(torch.add(k, one)).sqrt_().mul_(f)
+        and ``ntk <- (g - f theta) ntk``, in place (:class:`_ArcCosine`)."""
+        keep = _tracked(k, f, g)
+        # (autograd: a Function may rewrite only a tensor that is not a view when it returns two)
+        k, factor = _ArcCosine.apply(k.clone() if keep else k, f, g, keep)
         if st.ntk is not None:
-            st.ntk.mul_(dot)
-        torch.addcmul(fsin, dot, k, out=k)  # f sin + (g - f theta) cos
-        del dot, fsin
+            st.ntk.mul_(factor)
+        del factor
         _scale(k, st, "sqrt")
+        return k
 
 
 class Relu(ABRelu):
     """``phi(x) = scale * max(x, 0)``; the paper uses ``scale = sqrt(2)`` (variance preserving)."""
 
     def __init__(self, scale: float = 1.0):
-        super().__init__(0.0, scale)
-        self.scale = float(scale)
+        super().__init__(0.0, hyperparameter(scale, "scale", "Relu"))
+        self.scale = self.b
 
 
 class LeakyRelu(ABRelu):
     """``phi(x) = max(x, 0) + slope * min(x, 0)``."""
 
     def __init__(self, slope: float):
-        super().__init__(slope, 1.0)
-        self.slope = float(slope)
+        super().__init__(hyperparameter(slope, "slope", "LeakyRelu"), 1.0)
+        self.slope = self.a
 
 
 class Erf(Activation):
@@ -264,12 +416,12 @@ class Erf(Activation):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        self.a = float(a)
-        self.b = float(b)
-        self.c = float(c)
+        self.a = hyperparameter(a, "a", "Erf")
+        self.b = hyperparameter(b, "b", "Erf")
+        self.c = hyperparameter(c, "c", "Erf")
 
     def gaussian_mean(self, var):
-        return torch.full_like(var, self.c)
+        return torch.zeros_like(var) + self.c
 
     def finite(self, fl: Flow) -> Flow:
         h = fl.materialise().h
@@ -327,7 +479,7 @@ class Erf(Activation):
         if st.ntk is not None:
             # q1 q2 - 4 b^4 K^2 = 1 + 2 b^2 (v1 + v2) + 4 b^4 (v1 v2 - K^2): no cancellation near |u| = 1
             den = torch.mul(k, k).neg_().addcmul_(v1, v2).clamp_(min=0.0).mul_(4.0 * b2 * b2)
-            den.add_(v1, alpha=2.0 * b2).add_(v2, alpha=2.0 * b2).add_(1.0).rsqrt_()
+            den.add_((v1 + v2) * (2.0 * b2)).add_(1.0).rsqrt_()
             st.ntk.mul_(den).mul_(self.a**2 * b2 * 4.0 / math.pi)
             del den
         r1 = (v1 * (2.0 * b2) + 1.0).rsqrt_()

@@ -10,6 +10,7 @@ by :mod:`gpmargin.kernels.engine`, and builds its finite network (:mod:`gpmargin
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 
@@ -17,6 +18,55 @@ from gpmargin.errors import GpmarginError
 from gpmargin.kernels.engine import kernel_diagonal, kernel_matrix
 from gpmargin.kernels.network import network
 from gpmargin.kernels.state import KernelState, Spec
+
+def hyperparameter(value, name: str, owner: str):
+    """A numeric layer argument: a Python ``float``, or a one-number floating tensor kept as given
+    (a ``torch.nn.Parameter``, or any tensor that requires grad), so that autograd reaches it
+    through every kernel the layer computes.  Anything else raises a one-line error naming it."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.dtype.is_floating_point:
+            raise GpmarginError(f"{owner}: {name} must be a number or a one-element floating tensor, got a "
+                                f"{value.dtype} tensor of shape {tuple(value.shape)}")
+        if not bool(torch.isfinite(value.detach()).all()):
+            raise GpmarginError(f"{owner}: {name}={float(value)} must be finite")
+        return value if value.dim() == 0 else value.reshape(())
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise GpmarginError(f"{owner}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise GpmarginError(f"{owner}: {name}={number} must be finite")
+    return number
+
+
+def _tensors(value) -> list:
+    """The tensors among a layer argument (nested layers, tuples and lists searched)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Layer):
+        return value.tensors()
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _floats(value):
+    if isinstance(value, torch.Tensor):
+        return float(value.detach())
+    if isinstance(value, Layer):
+        return value.with_floats()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_floats(v) for v in value)
+    return value
+
+
+def _hashable(value):
+    if isinstance(value, torch.Tensor):
+        return float(value.detach())
+    if isinstance(value, (tuple, list)):
+        return tuple(_hashable(v) for v in value)
+    return value
+
 
 class _Frozen(type):
     """Metaclass of layers: once constructed, an instance's attributes cannot be rebound."""
@@ -134,7 +184,19 @@ class Layer(metaclass=_Frozen):
         return type(self) is type(other) and self.arguments() == other.arguments()
 
     def __hash__(self) -> int:
-        return hash((type(self).__qualname__, tuple(self.arguments().items())))
+        return hash((type(self).__qualname__, tuple((k, _hashable(v)) for k, v in self.arguments().items())))
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensor arguments of this layer and of the layers inside it (the hyperparameters
+        autograd can reach; see :func:`hyperparameter`)."""
+        return [t for v in self.arguments().values() for t in _tensors(v)]
+
+    def with_floats(self) -> "Layer":
+        """This layer with every tensor argument replaced by its value as a float (what a
+        finite network is drawn from)."""
+        if not self.tensors():
+            return self
+        return type(self)(**{k: _floats(v) for k, v in self.arguments().items()})
 
     def __setattr__(self, name, value):
         if self.__dict__.get("_frozen"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from gpmargin.kernels.base import hyperparameter
 from gpmargin.kernels.dense import Affine
 from gpmargin.kernels.finite import AffineModule, Flow
 from gpmargin.kernels.state import Spec
@@ -58,8 +59,8 @@ class Conv2d(Window, Affine):
         self.kernel_size = window_tuple(kernel_size, name, "kernel_size")
         self.stride = window_tuple(stride, name, "stride")
         self.padding = parse_padding(padding, name)
-        self.W_std = float(W_std)
-        self.b_std = None if b_std is None else float(b_std)
+        self.W_std = hyperparameter(W_std, "W_std", name)
+        self.b_std = None if b_std is None else hyperparameter(b_std, "b_std", name)
 
     # -- geometry (see Window) ----------------------------------------------------------
     @property
@@ -101,8 +102,8 @@ class Conv1d(Conv2d):
         self.kernel_size = window_tuple(kernel_size, "Conv1d", "kernel_size", 1)[0]
         self.stride = window_tuple(stride, "Conv1d", "stride", 1)[0]
         self.padding = parse_padding(padding, "Conv1d")
-        self.W_std = float(W_std)
-        self.b_std = None if b_std is None else float(b_std)
+        self.W_std = hyperparameter(W_std, "W_std", "Conv1d")
+        self.b_std = None if b_std is None else hyperparameter(b_std, "b_std", "Conv1d")
 
     @property
     def window(self) -> tuple[int, int]:

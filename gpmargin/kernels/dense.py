@@ -8,7 +8,7 @@ import math
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.base import Layer
+from gpmargin.kernels.base import Layer, hyperparameter
 from gpmargin.kernels.finite import AffineModule, Flow, Init
 from gpmargin.kernels.state import KernelState, Spec
 
@@ -30,15 +30,16 @@ class Affine(Layer):
         averaged over the row's inputs the same way.
         """
         w2 = self.W_std**2
-        if dist is not None and w2 != 1.0:
+        scale = isinstance(w2, torch.Tensor) or w2 != 1.0  # a tensor W_std is always applied (autograd)
+        if dist is not None and scale:
             dist.mul_(w2)
         st.dist = dist
-        if w2 != 1.0:
+        if scale:
             nngp.mul_(w2)
         if self.b_std is not None:
             nngp.add_(self.b_std**2)
         if st.ntk is not None:
-            if w2 != 1.0:
+            if scale:
                 st.ntk.mul_(w2)
             st.ntk.add_(nngp)
         st.nngp = nngp
@@ -148,8 +149,8 @@ class Dense(Affine):
     """
 
     def __init__(self, W_std: float = 1.0, b_std: float | None = None):
-        self.W_std = float(W_std)
-        self.b_std = None if b_std is None else float(b_std)
+        self.W_std = hyperparameter(W_std, "W_std", "Dense")
+        self.b_std = None if b_std is None else hyperparameter(b_std, "b_std", "Dense")
 
     def out_spec(self, spec: Spec) -> Spec:
         if spec.kind != "vector":

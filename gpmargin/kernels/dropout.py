@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numbers
 
+import torch
 import torch.nn.functional as F
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.base import Layer
+from gpmargin.kernels.base import Layer, hyperparameter
 from gpmargin.kernels.finite import Flow, LayerModule
 from gpmargin.kernels.state import KernelState, Spec
 
@@ -63,11 +64,12 @@ class Dropout(Layer):
     maps_dist = True
 
     def __init__(self, rate: float, mode: str = "train"):
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 < float(rate) <= 1.0:
+        bad = isinstance(rate, bool) or not isinstance(rate, (numbers.Real, torch.Tensor))
+        if bad or not 0.0 < float(torch.as_tensor(hyperparameter(rate, "rate", "Dropout")).detach()) <= 1.0:
             raise GpmarginError(f"Dropout rate={rate!r} is the keep probability and must be in (0, 1]")
         if mode not in MODES:
             raise GpmarginError(f"Dropout mode={mode!r} must be 'train' or 'test'")
-        self.rate = float(rate)
+        self.rate = hyperparameter(rate, "rate", "Dropout")
         self.mode = mode
 
     @property

@@ -23,12 +23,14 @@ Computation of ``k(x1, x2)``:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.inputs import as_input, input_spec, parse_get
@@ -185,6 +187,17 @@ class Engine:
         self.layers = tuple(layers)
         self.steps = compile_steps(self.layers)
         self.name = "serial(" + ", ".join(repr(layer) for layer in self.layers) + ")"
+        self.hyperparameters = [t for layer in self.layers for t in layer.tensors()]
+
+    def differentiable(self, *xs) -> bool:
+        """Whether this call is differentiated: grad mode is on and an input or a tensor
+        hyperparameter of a layer requires grad, or one carries a forward-mode tangent.  Such a call runs its tiles one at a time and
+        out of place at the tile level (the plain float call keeps its threads and in-place
+        outputs)."""
+        tensors = [x for x in xs if isinstance(x, torch.Tensor)] + self.hyperparameters
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return True
+        return any(fwAD.unpack_dual(t).tangent is not None for t in tensors)  # forward mode
 
     # -- planning ---------------------------------------------------------------------
     def plan(self, spec: Spec, kernel: bool = True) -> tuple[str, int, list[Spec]]:
@@ -316,10 +329,12 @@ class Engine:
     def _prepare(self, x1, x2, get):
         want_nngp, want_ntk, as_tuple = parse_get(get)
         self._check_ntk(want_ntk)
-        x1 = as_input(x1, "x1")
+        graph = self.differentiable(x1, x2)
+        x1 = as_input(x1, "x1", keep_graph=graph)
         same = x2 is None
-        x2 = x1 if same else as_input(x2, "x2", device=None)
-        if not same and x2.shape == x1.shape and torch.equal(x1, x2):
+        x2 = x1 if same else as_input(x2, "x2", device=None, keep_graph=graph)
+        # equal inputs are computed once (exactly symmetric); not when each has its own gradient
+        if not same and not graph and x2.shape == x1.shape and torch.equal(x1, x2):
             x2, same = x1, True
         if x2.device != x1.device:
             raise GpmarginError(f"x1 is on {x1.device} but x2 is on {x2.device}; put both on one device")
@@ -329,14 +344,15 @@ class Engine:
                 "both inputs need the same feature shape"
             )
         layout, spatial, specs = self.plan(input_spec(x1))
-        return x1, x2, same, want_nngp, want_ntk, as_tuple, (layout, spatial, specs)
+        return x1, x2, same, want_nngp, want_ntk, as_tuple, (layout, spatial, specs), graph
 
     def diag(self, x, get="nngp", *, max_memory=None, progress=None, batch_size=None):
         """The 1-D diagonal ``k(x_i, x_i)``, computed without forming the matrix."""
-        x, _, _, want_nngp, want_ntk, as_tuple, plan = self._prepare(x, None, get)
+        x, _, _, want_nngp, want_ntk, as_tuple, plan, graph = self._prepare(x, None, get)
         engine, xin, _, plan = self._computed_as(x, x, True, plan)
         max_memory = _memory(max_memory, batch_size, plan[1])
-        _, nngp, ntk = engine._self_pass(xin, plan, want_ntk, max_memory, progress)
+        with _recording(graph):
+            _, nngp, ntk = engine._self_pass(xin, plan, want_ntk, max_memory, progress)
         _check_finite(nngp, ntk, x, x)
         return _select(nngp, ntk, want_nngp, want_ntk, as_tuple)
 
@@ -358,13 +374,16 @@ class Engine:
         return engine, m1, m2, engine.plan(input_spec(m1[:1]))
 
     def __call__(self, x1, x2=None, get="nngp", *, batch_size=None, max_memory=None, progress=None):
-        x1, x2, same, want_nngp, want_ntk, as_tuple, plan = self._prepare(x1, x2, get)
+        x1, x2, same, want_nngp, want_ntk, as_tuple, plan, graph = self._prepare(x1, x2, get)
         engine, xin1, xin2, plan = self._computed_as(x1, x2, same, plan)
-        nngp, ntk = engine._pairs(xin1, xin2, same, want_ntk, plan, batch_size, max_memory, progress, (x1, x2))
+        with _recording(graph):
+            nngp, ntk = engine._pairs(xin1, xin2, same, want_ntk, plan, batch_size, max_memory, progress, (x1, x2),
+                                      graph)
         return _select(nngp, ntk, want_nngp, want_ntk, as_tuple)
 
-    def _pairs(self, x1, x2, same, want_ntk, plan, batch_size, max_memory, progress, originals):
-        """The ``(N1, N2)`` NNGP and NTK (or None) of inputs already prepared for these layers."""
+    def _pairs(self, x1, x2, same, want_ntk, plan, batch_size, max_memory, progress, originals, graph=False):
+        """The ``(N1, N2)`` NNGP and NTK (or None) of inputs already prepared for these layers
+        (``graph``: a differentiable call, see :meth:`differentiable`)."""
         layout, spatial, specs = plan
         mem = _memory(max_memory, batch_size, spatial)
         stats1, diag_nngp, diag_ntk = self._self_pass(x1, plan, want_ntk, mem, False)
@@ -378,7 +397,7 @@ class Engine:
         aux1 = self._precomputed(stats1)
         aux2 = aux1 if same else self._precomputed(stats2)
         rows, cols = _tile_shape(n1, n2, spatial, layout, batch_size, mem)
-        in_place = layout == "vector" and cols >= n2
+        in_place = layout == "vector" and cols >= n2 and not graph
         # (r0, r1, c0, c1) tiles; for x1 against itself only the upper triangle (block-wise) is
         # computed and mirrored afterwards
         tiles = []
@@ -389,7 +408,7 @@ class Engine:
                 continue
             tiles += [(r0, r1, c0, min(c0 + cols, n2)) for c0 in range(0, n2, cols) if not same or c0 + cols > r0]
         cpu = x1.device.type == "cpu"
-        workers = max(1, torch.get_num_threads()) if cpu else 1
+        workers = max(1, torch.get_num_threads()) if cpu and not graph else 1
         pool = ThreadPoolExecutor(workers) if workers > 1 else None
 
         def chunk(st, r0, c0, s0, s1):
@@ -474,6 +493,18 @@ def plan(layers, spec: Spec, kernel: bool = True):
 
 
 # -- helpers ---------------------------------------------------------------------------
+def _recording(graph: bool):
+    """Inside a differentiable call, autograd keeps its own copy of every tensor it saves, so
+    the layers' in-place updates (the float path's) cannot invalidate what a backward needs."""
+    if not graph:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(torch.clone, _unchanged)
+
+
+def _unchanged(t):
+    return t
+
+
 def _apply(layer, st: KernelState, needs: list[bool], i: int) -> KernelState:
     """Apply layer ``i``, handing it the pair distance only when it or a later layer uses it."""
     if not (needs[i] and layer.maps_dist):
@@ -517,7 +548,7 @@ def _check_finite(nngp, ntk, x1, x2):
     """Raise instead of returning NaN/inf.  A sum is finite iff every entry is (barring a sum
     overflowing near 1e308, reported the same way), and costs one read without temporaries."""
     for name, t in (("NNGP", nngp), ("NTK", ntk)):
-        if t is not None and not math.isfinite(float(t.sum())):
+        if t is not None and not math.isfinite(float(t.detach().sum())):
             big = max(float(x1.abs().max()), float(x2.abs().max()))
             raise GpmarginError(
                 f"the {name} overflowed to a non-finite value (largest |input| is {big:.3g}); rescale the inputs"

@@ -23,12 +23,13 @@ def parse_get(get) -> tuple[bool, bool, bool]:
     return True, True, True
 
 
-def as_input(x, name: str, device=None) -> torch.Tensor:
+def as_input(x, name: str, device=None, keep_graph: bool = False) -> torch.Tensor:
     """Validate one input array and return it as a float64 torch tensor.
 
     Accepts numpy arrays and torch tensors of a floating dtype, shape (N, d), (N, C, L)
     (sequences, returned as images of height 1, ``(N, C, 1, L)``) or (N, C, H, W), non-empty and
-    finite; anything else raises :class:`GpmarginError`.
+    finite; anything else raises :class:`GpmarginError`.  A tensor is detached unless
+    ``keep_graph`` (a differentiable kernel call, see :mod:`gpmargin.kernels.engine`).
     """
     if isinstance(x, np.ndarray):
         if not np.issubdtype(x.dtype, np.floating):
@@ -47,7 +48,8 @@ def as_input(x, name: str, device=None) -> torch.Tensor:
         )
     if x.numel() == 0:
         raise GpmarginError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one example with at least one feature")
-    x = x.detach()
+    if not keep_graph:
+        x = x.detach()
     if x.dim() == 3:  # a sequence is an image of height 1
         x = x.unsqueeze(2)
     if device is not None:

@@ -16,7 +16,7 @@ import numbers
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.activations import NEAR_ONE, ABRelu, _rsqrt_or_zero
+from gpmargin.kernels.activations import NEAR_ONE, ABRelu, _rsqrt_or_zero, root
 from gpmargin.kernels.smooth import ExpectationActivation, _gap
 
 
@@ -29,7 +29,7 @@ def _degree(value, owner: str) -> int:
 
 def _angle(k, v1, v2) -> torch.Tensor:
     r""":math:`\theta = \operatorname{atan2}(\sqrt{v_1 v_2 - \Sigma^2}, \Sigma) \in [0, \pi]` (0 exactly on the diagonal)."""
-    return torch.atan2(_gap(k, v1, v2).sqrt_(), k)
+    return torch.atan2(root(_gap(k, v1, v2)), k)
 
 
 class Sign(ExpectationActivation):
@@ -71,7 +71,7 @@ class Sign(ExpectationActivation):
             theta = torch.where(near, _angle_from_dist(st.pair_dist(), v1, v2), theta)
         if st.ntk is not None:
             st.ntk.zero_()
-        k.copy_(theta).mul_(-2.0 / math.pi).add_(1.0).masked_fill_(~positive, 0.0)
+        k = st.nngp = theta.mul(-2.0 / math.pi).add_(1.0).masked_fill_(~positive, 0.0)
         if st.keep_dist:  # 4 theta / pi where both variances are positive
             naive = (v1 > 0).double().add((v2 > 0).double()).sub(k, alpha=2.0)
             st.dist = torch.where(positive, theta.mul_(4.0 / math.pi), naive)
@@ -94,7 +94,7 @@ def _angle_from_dist(dist, v1, v2) -> torch.Tensor:
     distance (accurate however small the angle; see :func:`~gpmargin.kernels.activations.arccos_near_one`)."""
     s1, s2 = v1.sqrt(), v2.sqrt()
     one_minus_cos = (dist - (s1 - s2).square()).mul_(0.5 * _rsqrt_or_zero(v1 * v2)).clamp_(0.0, 2.0)
-    return one_minus_cos.mul_(0.5).sqrt_().arcsin_().mul_(2.0)
+    return root(one_minus_cos.mul_(0.5)).arcsin_().mul_(2.0)
 
 
 class Abs(ABRelu):
@@ -215,17 +215,17 @@ def _arccos_kernel(n: int, k, v1, v2) -> torch.Tensor:
     :math:`\Sigma` and :math:`p = v_1 v_2` (``c^m p^{n/2} = Sigma^m p^{(n-m)/2}``)."""
     a, b = _arccos_polys(n)
     p = v1 * v2
-    root = _gap(k, v1, v2).sqrt_()
+    gap_root = root(_gap(k, v1, v2))
 
     def series(coeffs, top):
-        out = torch.zeros_like(root)
+        out = torch.zeros_like(gap_root)
         for m, c in enumerate(coeffs):
             if c:
                 out.add_(k**m * p ** ((top - m) // 2), alpha=float(c))
         return out
 
-    theta = torch.atan2(root, k)
-    out = series(a, n).mul_(math.pi - theta).add_(series(b, n - 1).mul_(root))
+    theta = torch.atan2(gap_root, k)
+    out = series(a, n).mul_(math.pi - theta).add_(series(b, n - 1).mul_(gap_root))
     return out.mul_((-1) ** n / (2 * math.pi))
 
 

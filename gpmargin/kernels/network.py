@@ -194,5 +194,5 @@ def network(kernel, width, *, in_shape, parameterization: str = "ntk", members: 
     from gpmargin.io import resolve_device
 
     seeds = [member_seed(seed, j) for j in range(members)]
-    return Network(kernel, width, in_shape=in_shape, parameterization=parameterization, seeds=seeds,
+    return Network(kernel.with_floats(), width, in_shape=in_shape, parameterization=parameterization, seeds=seeds,
                    outputs=outputs, dtype=dtype, device=resolve_device(device))

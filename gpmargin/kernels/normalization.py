@@ -7,7 +7,7 @@ import numbers
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.base import Layer
+from gpmargin.kernels.base import Layer, hyperparameter
 from gpmargin.kernels.finite import Flow, LayerModule
 from gpmargin.kernels.state import KernelState, Spec
 
@@ -66,7 +66,7 @@ class LayerNorm(Layer):
             raise GpmarginError(f"LayerNorm axis={axis!r} must be an int or a tuple of ints (axes of (N, C, H, W) "
                                 "or (N, d) inputs)")
         self.axis = int(axis) if isinstance(axis, numbers.Integral) else tuple(int(a) for a in axes)
-        self.eps = float(eps)
+        self.eps = hyperparameter(eps, "eps", "LayerNorm")
         if not self.eps >= 0.0:
             raise GpmarginError(f"LayerNorm eps={eps!r} must be a non-negative number")
 

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from gpmargin.errors import GpmarginError
+from gpmargin.kernels.activations import root
 from gpmargin.kernels.finite import positive_int
 from gpmargin.kernels.smooth import ExpectationActivation
 
@@ -142,7 +143,10 @@ def pair_expectation(f, k: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, deg
     step = max(1, _BLOCK // (2 * r.numel() * (t1.numel() + t2.numel())))
     for r0 in range(0, cos.numel(), step):
         c = cos[r0 : r0 + step, None]
-        l1, l2 = torch.arccos(c), torch.arccos(-c)  # arc lengths theta <= pi/2 and pi - theta
+        # arc lengths theta <= pi/2 and pi - theta (theta by atan2 of a root whose derivative is
+        # taken as 0 at cos = 1, where the integrand's dependence on theta vanishes)
+        l1 = torch.atan2(root((1.0 - c) * (1.0 + c)), c)
+        l2 = math.pi - l1
         c1 = torch.cat([torch.sin(l1 * t1), torch.sin(l2 * tb2)], 1)  # cos(psi) at the nodes of arcs 1, 2
         c2 = torch.cat([torch.sin(l1 * tb1).neg_(), torch.sin(l2 * t2)], 1)  # cos(psi - theta)
         arc_w = torch.cat([l1 * w1, l2 * w2], 1).div_(2 * math.pi)
@@ -190,16 +194,17 @@ class ElementwiseNumerical(ExpectationActivation):
         self.deg = positive_int(deg, "ElementwiseNumerical deg")
 
     def _value(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.set_grad_enabled(x.requires_grad and torch.is_grad_enabled()):
             return torch.as_tensor(self.fn(x), dtype=x.dtype, device=x.device)
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         """``fn'(x)`` elementwise, by torch autograd (a one-line error when torch cannot differentiate fn)."""
+        tracked = x.requires_grad and torch.is_grad_enabled()  # a differentiable kernel: fn'' too
         try:
             with torch.enable_grad():
-                x = x.detach().requires_grad_(True)
+                x = x if tracked else x.detach().requires_grad_(True)
                 y = self.fn(x)
-                (grad,) = torch.autograd.grad(y.sum(), x)
+                (grad,) = torch.autograd.grad(y.sum(), x, create_graph=tracked)
         except (RuntimeError, TypeError, AttributeError) as exc:
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GpmarginError(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.activations import Activation
+from gpmargin.kernels.base import hyperparameter
 from gpmargin.kernels.finite import Flow
 from gpmargin.kernels.state import KernelState
 
@@ -60,8 +61,11 @@ class ExpectationActivation(Activation):
             k, v1, v2 = st.nngp, st.bcast1(st.var1.clamp(min=0)), st.bcast2(st.var2.clamp(min=0))
         if st.ntk is not None:
             st.ntk.mul_(self.ntk_factor(k, v1, v2))
-        out = self.nngp_map(k, v1, v2)
-        st.nngp.copy_(torch.as_tensor(out, dtype=st.nngp.dtype, device=st.nngp.device))
+        out = torch.as_tensor(self.nngp_map(k, v1, v2), dtype=st.nngp.dtype, device=st.nngp.device)
+        if out.requires_grad:  # the NNGP was read to make ``out``: autograd needs it unchanged
+            st.nngp = out if out.shape == st.nngp.shape else out.expand_as(st.nngp).clone()
+        else:
+            st.nngp.copy_(out)
         st.dist = identical_only(st.dist) if st.keep_dist else None
         return st
 
@@ -75,6 +79,14 @@ def identical_only(dist: torch.Tensor | None) -> torch.Tensor | None:
     if dist is None:
         return None
     return torch.full_like(dist, torch.nan).masked_fill_(dist == 0, 0.0)
+
+
+def _cos(x):
+    return torch.cos(x) if isinstance(x, torch.Tensor) else math.cos(x)
+
+
+def _sin(x):
+    return torch.sin(x) if isinstance(x, torch.Tensor) else math.sin(x)
 
 
 def _gap(k, v1, v2):
@@ -137,15 +149,15 @@ class Sin(ExpectationActivation):
     _shift = 0.0  # phase added to c (Cos)
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        self.a = float(a)
-        self.b = float(b)
-        self.c = float(c)
+        self.a = hyperparameter(a, "a", type(self).__name__)
+        self.b = hyperparameter(b, "b", type(self).__name__)
+        self.c = hyperparameter(c, "c", type(self).__name__)
 
     def _terms(self, k, v1, v2):
         b2 = self.b**2
         total = v1 + v2
         plus = torch.exp((total - 2.0 * k).mul_(-0.5 * b2))
-        minus = torch.exp((total + 2.0 * k).mul_(-0.5 * b2)).mul_(math.cos(2.0 * (self.c + self._shift)))
+        minus = torch.exp((total + 2.0 * k).mul_(-0.5 * b2)).mul_(_cos(2.0 * (self.c + self._shift)))
         return plus, minus
 
     def nngp_map(self, k, v1, v2):
@@ -157,7 +169,7 @@ class Sin(ExpectationActivation):
         return (plus + minus).mul_(self.a**2 * self.b**2 / 2.0)
 
     def gaussian_mean(self, var):
-        return (var.clamp(min=0) * (-0.5 * self.b**2)).exp_().mul_(self.a * math.sin(self.c + self._shift))
+        return (var.clamp(min=0) * (-0.5 * self.b**2)).exp_().mul_(self.a * _sin(self.c + self._shift))
 
     def phi(self, h):
         return torch.sin(h * self.b + self.c) * self.a
@@ -184,7 +196,7 @@ class Rbf(ExpectationActivation):
     """
 
     def __init__(self, gamma: float = 1.0):
-        self.gamma = float(gamma)
+        self.gamma = hyperparameter(gamma, "gamma", "Rbf")
 
     def nngp_map(self, k, v1, v2):
         return (v1 + v2 - 2.0 * k).clamp_(min=0.0).mul_(-self.gamma).exp_()
@@ -210,8 +222,8 @@ class Exp(ExpectationActivation):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0):
-        self.a = float(a)
-        self.b = float(b)
+        self.a = hyperparameter(a, "a", "Exp")
+        self.b = hyperparameter(b, "b", "Exp")
 
     def nngp_map(self, k, v1, v2):
         return ((v1 + v2).mul_(0.5).add_(k)).mul_(self.b**2).exp_().mul_(self.a**2)
@@ -239,8 +251,8 @@ class Gaussian(ExpectationActivation):
     """
 
     def __init__(self, a: float = 1.0, b: float = -1.0):
-        self.a = float(a)
-        self.b = float(b)
+        self.a = hyperparameter(a, "a", "Gaussian")
+        self.b = hyperparameter(b, "b", "Gaussian")
 
     def check_variances(self, var):
         if self.b > 0 and var.numel() and float(var.max()) * 4.0 * self.b >= 1.0:
@@ -250,7 +262,7 @@ class Gaussian(ExpectationActivation):
 
     def _det(self, k, v1, v2):
         b = self.b
-        return _gap(k, v1, v2).mul_(4.0 * b * b).add_(v1 + v2, alpha=-2.0 * b).add_(1.0).clamp_(min=0.0)
+        return _gap(k, v1, v2).mul_(4.0 * b * b).sub_((v1 + v2) * (2.0 * b)).add_(1.0).clamp_(min=0.0)
 
     def nngp_map(self, k, v1, v2):
         return self._det(k, v1, v2).rsqrt_().mul_(self.a**2)
