@@ -50,6 +50,14 @@ def _tensors(value) -> list:
     return []
 
 
+def _mapped(value, fn):
+    if isinstance(value, Layer):
+        return value.map_layers(fn)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, Layer) for v in value):
+        return type(value)(_mapped(v, fn) for v in value)
+    return value
+
+
 def _floats(value):
     if isinstance(value, torch.Tensor):
         return float(value.detach())
@@ -190,6 +198,14 @@ class Layer(metaclass=_Frozen):
         """The tensor arguments of this layer and of the layers inside it (the hyperparameters
         autograd can reach; see :func:`hyperparameter`)."""
         return [t for v in self.arguments().values() for t in _tensors(v)]
+
+    def map_layers(self, fn) -> "Layer":
+        """This description with every layer replaced by ``fn(layer)``, innermost first (a
+        composition, a branch or a ``Centred`` is rebuilt around its mapped members)."""
+        args = self.arguments()
+        mapped = {k: _mapped(v, fn) for k, v in args.items()}
+        changed = any(mapped[k] is not args[k] for k in args)
+        return fn(type(self)(**mapped) if changed else self)
 
     def with_floats(self) -> "Layer":
         """This layer with every tensor argument replaced by its value as a float (what a
