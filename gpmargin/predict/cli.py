@@ -60,6 +60,12 @@ def register(subparsers) -> None:
                         "architecture) and solve out of core; the Cholesky factor is kept in the store for the next run")
     p.add_argument("--memory", type=float, default=8.0, metavar="GIB",
                    help="working memory of the out-of-core solves with --kernel-store, GiB (default 8)")
+    p.add_argument("--fit-hyperparameters", action="store_true",
+                   help="first fit the weight and bias variances (every affine layer given a bias) by the marginal "
+                        "likelihood of the training labels, then draw the curve with them; the fitted values go to "
+                        "curve.json")
+    p.add_argument("--fit-sharing", default="shared", choices=("shared", "per-layer"),
+                   help="with --fit-hyperparameters: one weight and one bias variance (default) or one per layer")
     p.add_argument("--out", required=True, metavar="DIR", type=path_argument, help="output folder")
     p.set_defaults(func=run)
 
@@ -259,6 +265,18 @@ def _run(args: argparse.Namespace) -> int:
         caught.clear()
 
         kernel = kernel_from_args(args)
+        fit = None
+        if args.fit_hyperparameters:
+            if args.kernel_store:
+                raise GpmarginError("--fit-hyperparameters cannot be used with --kernel-store: the stored kernel "
+                                    "has fixed variances (fit in memory, or store the fitted kernel)")
+            from gpmargin.predict.fit import fit_variances
+
+            t0 = time.perf_counter()
+            fit = fit_variances(kernel, task.x_train.to(device), task.y_train.to(device),
+                                sharing=args.fit_sharing.replace("-", "_"), get="nngp" if args.kind == "nngp" else "ntk")
+            kernel = fit.kernel
+            timings["fit"] = time.perf_counter() - t0
         from gpmargin.predict.predictor import margin_curve
 
         curve = margin_curve(
@@ -303,6 +321,8 @@ def _run(args: argparse.Namespace) -> int:
     }
     if args.kernel_store:
         config["kernel_store"] = str(args.kernel_store)
+    if fit is not None:
+        config["fitted_hyperparameters"] = fit.summary()
     curve.info.update({"data": task.info, "warnings": notes})
     timings.update(curve.timings)
 
@@ -350,6 +370,10 @@ def _run(args: argparse.Namespace) -> int:
     if curve.train_accuracy is not None and args.time is not None:
         print(f"  predicted train accuracy at time {args.time:g} (largest margin): "
               + ", ".join(f"k={k}: {curve.train_accuracy[j, -1]:.4f}" for j, k in enumerate(ensemble)))
+    if fit is not None:
+        print(f"  fitted variances ({fit.sharing}): weight {', '.join(f'{v:.4g}' for v in fit.weight_var)}; bias "
+              f"{', '.join(f'{v:.4g}' for v in fit.bias_var) or 'none'}; noise {fit.noise:.3g}; log marginal "
+              f"likelihood per label {fit.initial_log_marginal_likelihood:.4f} -> {fit.log_marginal_likelihood:.4f}")
     if curve.jitter:
         print(f"  jitter added to the training kernel: {curve.jitter:.3g}")
     print(f"  wrote {csv_path.name}, {json_path.name}, {png_path.name} in {out}/  ({timings['total']:.1f} s)")
