@@ -44,6 +44,7 @@ import torch
 from gpmargin.distributed.blocked import StoredKernel
 from gpmargin.distributed.faults import NO_SPACE, DamagedStore, no_space_error
 from gpmargin.errors import GpmarginError
+from gpmargin.kernels.inputs import refuse_gradients
 
 __all__ = ["KernelStore", "DamagedStore", "KINDS", "inputs_sha256", "store_config", "open_store", "FORMAT"]
 
@@ -67,6 +68,7 @@ def inputs_sha256(x) -> str:
 def store_config(kernel, x_train, x_test, kinds: Iterable[str], tile: int,
                  description: dict | None = None) -> dict[str, Any]:
     """The record a store is created with: its identity (:data:`IDENTITY`) plus a description."""
+    refuse_gradients("a kernel store", "it holds computed numbers", x_train, x_test, kernel=kernel)
     return {
         "format": FORMAT,
         "kernel": repr(kernel),
@@ -180,7 +182,9 @@ class KernelStore:
 
     # -- identity checks -------------------------------------------------------------------
     def check_inputs(self, x_train, x_test, kernel=None, kind: str | None = None) -> None:
-        """Refuse inputs (or a kernel, or a kind) other than those the store was computed for."""
+        """Refuse inputs (or a kernel, or a kind) other than those the store was computed for, and
+        inputs or hyperparameters that ask for gradients (a store holds numbers)."""
+        refuse_gradients(f"the kernel store {self.path}", "it holds computed numbers", x_train, x_test, kernel=kernel)
         bad = []
         for name, x in (("x_train", x_train), ("x_test", x_test)):
             h = inputs_sha256(x)

@@ -61,6 +61,20 @@ def as_input(x, name: str, device=None, keep_graph: bool = False) -> torch.Tenso
     return x
 
 
+def refuse_gradients(path: str, how: str, *xs, kernel=None) -> None:
+    """A one-line error when autograd would ask ``path`` for gradients it cannot give: an input
+    (or a tensor hyperparameter of ``kernel``) requires grad under grad mode."""
+    if not torch.is_grad_enabled():
+        return
+    names = [f"x{i + 1}" if len(xs) > 1 else "x" for i in range(len(xs))]
+    wanting = [n for n, x in zip(names, xs) if isinstance(x, torch.Tensor) and x.requires_grad]
+    if kernel is not None and hasattr(kernel, "tensors") and any(t.requires_grad for t in kernel.tensors()):
+        wanting.append("the kernel's hyperparameters")
+    if wanting:
+        raise GpmarginError(f"{' and '.join(wanting)} require(s) grad, but {path} cannot be differentiated ({how}); "
+                            "compute the kernel with gpmargin.kernels layers in memory, or detach")
+
+
 def input_spec(x: torch.Tensor) -> Spec:
     if x.dim() == 2:
         return Spec("vector", (x.shape[1],), gaussian=True)

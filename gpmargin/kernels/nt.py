@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.inputs import as_input, parse_get
+from gpmargin.kernels.inputs import as_input, parse_get, refuse_gradients
 from gpmargin.linalg import mirror_upper
 
 # neural-tangents imports TensorFlow, whose C++ start-up lines (oneDNN, CUDA drivers, CPU features)
@@ -93,6 +93,7 @@ class NeuralTangentsKernel:
         return np.asarray(out, dtype=np.float64)
 
     def __call__(self, x1, x2=None, get="nngp", **_ignored):
+        refuse_gradients("a wrapped neural-tangents kernel_fn", "its values come back from JAX as numbers", x1, x2)
         t1 = as_input(x1, "x1")
         t2 = None if x2 is None else as_input(x2, "x2")
         if t2 is not None and t1.shape[1:] != t2.shape[1:]:
@@ -112,6 +113,7 @@ class NeuralTangentsKernel:
             "that stax returned with it, or describe the network with gpmargin.kernels layers")
 
     def diag(self, x, get="nngp", **_ignored):
+        refuse_gradients("a wrapped neural-tangents kernel_fn", "its values come back from JAX as numbers", x)
         t = as_input(x, "x")
         _, _, as_tuple = parse_get(get)
         parts = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.activations import Identity, Relu
 from gpmargin.kernels.branching import FanInSum, FanOut, parallel
@@ -19,12 +21,19 @@ def _affine(layer, constrained: bool):
 
 
 def _stds(W_std, count: int, name: str) -> list[float]:
-    """``W_std`` (one number, or one per weight layer) as a list of ``count`` floats."""
-    stds = [W_std] * count if isinstance(W_std, (int, float)) else list(W_std)
-    if len(stds) != count or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in stds):
+    """``W_std`` (one number or 0-dim tensor, or one per weight layer) as a list of ``count``
+    (floats, tensors kept so that the kernel is differentiable with respect to them)."""
+    one = isinstance(W_std, (int, float)) or (isinstance(W_std, torch.Tensor) and W_std.dim() == 0)
+    stds = [W_std] * count if one else list(W_std)
+
+    def positive(s) -> bool:
+        value = float(s.detach()) if isinstance(s, torch.Tensor) else s
+        return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+    if len(stds) != count or not all(positive(s) for s in stds):
         raise GpmarginError(f"{name} W_std={W_std!r} must be a positive number or {count} positive numbers "
                             "(one per weight layer)")
-    return [float(s) for s in stds]
+    return [s if isinstance(s, torch.Tensor) else float(s) for s in stds]
 
 
 def paper_mlp(depth: int, constrained: bool = False, *, W_std=1.0, act_scale: float = math.sqrt(2.0)) -> Serial:
