@@ -114,8 +114,25 @@ def test_bad_inputs_are_one_line_errors(digits_x):
     x, _ = digits_x
     with pytest.raises(GpmarginError, match="wraps a gpmargin kernel object"):
         NNGPKernel("relu")
-    with pytest.raises(GpmarginError, match="requires grad"):
-        NNGPKernel(relu_net())(x.clone().requires_grad_(True)).to_dense()
+    with pytest.raises(GpmarginError, match="variances='learned'.* must be 'fixed', 'shared' or 'per_layer'"):
+        NNGPKernel(relu_net(), variances="learned")
+    with pytest.raises(GpmarginError, match="needs a kernel with Dense/Conv layers"):
+        NNGPKernel(gk.Relu(), variances="shared")
+    with pytest.raises(GpmarginError, match="has no bias_var"):
+        NNGPKernel(gk.paper_mlp(2), variances="shared").bias_var = 0.1
+
+
+def test_inputs_are_differentiable(digits_x):
+    """Inputs that require grad get the gradient of the gpmargin kernel itself (a feature
+    extractor can be trained through the kernel)."""
+    x, _ = digits_x
+    a = x[:6].double().clone().requires_grad_(True)
+    b = x[:6].double().clone().requires_grad_(True)
+    NNGPKernel(relu_net())(a).to_dense().sum().backward()
+    relu_net()(b).sum().backward()
+    # GPyTorch passes x twice (two tensors that require grad, so the triangles are computed
+    # separately rather than mirrored): the same derivative summed in another order, rounding
+    assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=1e-14)
     with pytest.raises(GpmarginError, match="input_shape"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -183,3 +200,12 @@ def test_batched_exact_gp_per_class_matches_gpmargin_posterior(cls, get, kind):
     assert float((f.variance - ours.std**2).abs().max()) < 1e-8
     acc = float((f.mean.argmax(0) == t.y_test).double().mean())
     assert acc > 0.85, acc  # 10 classes: chance is 0.1
+
+
+class TestNNGPKernelLearnableGPyTorchSuite(BaseKernelTestCase, unittest.TestCase):
+    """Learnable per-layer variances (one set per batch member) under GPyTorch's own suite."""
+
+    seed = 2
+
+    def create_kernel_no_ard(self, **kwargs):
+        return NNGPKernel(relu_net(), variances="per_layer", **kwargs)

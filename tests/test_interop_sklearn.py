@@ -102,7 +102,8 @@ def test_kernel_protocol_clone_pickle(parity):
     np.testing.assert_allclose(k(x, x[:5]), K[:, :5], rtol=1e-12, atol=0)
     assert np.array_equal(k.diag(x), net.diag(parity.x_train[:20], get="ntk").numpy())  # same call, exact
     assert not k.is_stationary() and k.requires_vector_input and k.n_dims == 0
-    assert k.get_params() == {"kernel": net, "get": "ntk", "input_shape": None, "device": None}
+    assert k.get_params() == {"kernel": net, "get": "ntk", "input_shape": None, "device": None, "weight_var": None,
+                              "bias_var": None, "weight_var_bounds": (1e-2, 1e2), "bias_var_bounds": (1e-6, 1e2)}
     for copy in (clone(k), pickle.loads(pickle.dumps(k)), k.clone_with_theta(k.theta)):
         # exact: a copy of the kernel object repeats the same call on the same x
         assert copy == k and copy.kernel is not net and np.array_equal(copy(x), K)

@@ -162,10 +162,13 @@ class _NetworkKernel(gpytorch.kernels.Kernel):
         """The kernel for ``batch[index]``: the same kernel with the indexed batch shape."""
         if len(self.batch_shape) == 0:
             return self
-        if self.learnable:
-            return super().__getitem__(index)
         index = index if isinstance(index, tuple) else (index,)
-        return self._with_batch_shape(torch.zeros(()).expand(self.batch_shape)[index].shape)
+        new = self._with_batch_shape(torch.zeros(()).expand(self.batch_shape)[index].shape)
+        for name in ("raw_weight_var", "raw_bias_var"):  # the batch dimensions lead, the layers' trail
+            raw = getattr(new, name, None)
+            if raw is not None:
+                raw.data = raw.data[index]
+        return new
 
     def expand_batch(self, *sizes) -> "_NetworkKernel":
         shape = torch.Size(sizes[0]) if len(sizes) == 1 and not isinstance(sizes[0], int) else torch.Size(sizes)
