@@ -38,7 +38,7 @@ def parity():
 
 
 def test_reproduces_botorch_infinite_width_bnn(parity):
-    botorch = pytest.importorskip("botorch")
+    pytest.importorskip("botorch")
     from botorch.models.kernels.infinite_width_bnn import InfiniteWidthBNNKernel
 
     x = parity[0][:60]
@@ -137,6 +137,16 @@ def test_sklearn_hyperparameters_pass_sklearn_gradient_tests(parity):
         test_kernel_gradient(kern)
         test_kernel_clone(kern)
     assert NetworkKernel(net).theta.size == 0
+    # rows of equal norm (the paper's preprocessing): every variance is the same number, which the
+    # float path folds into one scalar; the forward-mode gradient must still see it
+    from sklearn.gaussian_process.tests import test_kernels as sk
+
+    rows = parity[0][:6].numpy()
+    original, sk.X = sk.X, rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    try:
+        test_kernel_gradient(NetworkKernel(net, weight_var=[1.5, 1.2, 0.8], bias_var=0.2))
+    finally:
+        sk.X = original
     # the default optimiser tunes the variances and raises the log marginal likelihood
     x, y = parity[0][:150].numpy(), parity[1][:150].numpy()
     fixed = GaussianProcessRegressor(NetworkKernel(net) + WhiteKernel(0.1), optimizer=None).fit(x, y)

@@ -38,7 +38,7 @@ def _scale(k: torch.Tensor, st: KernelState, key: str) -> None:
 
 def _const(t: torch.Tensor) -> float | None:
     """The value of ``t`` if all its entries are equal (and autograd need not see it), else None."""
-    if t.requires_grad:
+    if _tracked(t):
         return None
     lo, hi = float(t.min()), float(t.max())
     return lo if lo == hi else None

@@ -51,6 +51,7 @@ import math
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.activations import root
@@ -199,6 +200,10 @@ class ElementwiseNumerical(ExpectationActivation):
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         """``fn'(x)`` elementwise, by torch autograd (a one-line error when torch cannot differentiate fn)."""
+        if fwAD.unpack_dual(x).tangent is not None:
+            raise GpmarginError(
+                f"ElementwiseNumerical({_fn_name(self.fn)}): the NTK has no forward-mode derivative (fn' comes from "
+                "reverse-mode autograd); differentiate it in reverse mode (backward), or use get='nngp'")
         tracked = x.requires_grad and torch.is_grad_enabled()  # a differentiable kernel: fn'' too
         try:
             with torch.enable_grad():

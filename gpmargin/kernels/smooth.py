@@ -255,7 +255,7 @@ class Gaussian(ExpectationActivation):
         self.b = hyperparameter(b, "b", "Gaussian")
 
     def check_variances(self, var):
-        if self.b > 0 and var.numel() and float(var.max()) * 4.0 * self.b >= 1.0:
+        if self.b > 0 and var.numel() and float(var.detach().max()) * 4.0 * self.b >= 1.0:
             raise GpmarginError(
                 f"{self!r}: E[phi(u)^2] is infinite for pre-activation variances v >= 1/(4b) = {0.25 / self.b:.4g}, "
                 f"and the largest here is {float(var.max()):.4g}; use b <= 0 or smaller weights before this layer")
