@@ -133,8 +133,8 @@ def _half_inverse(r: torch.Tensor) -> torch.Tensor:
 def root(x: torch.Tensor) -> torch.Tensor:
     r"""``sqrt(x)`` for ``x >= 0`` (in place when autograd does not record it).
 
-    Used for the :math:`\sin	heta`-like roots of the angle of two pre-activations
-    (:math:`\sqrt{v_1 v_2 - \Sigma^2}`, :math:`\sqrt{(1 - \cos	heta)/2}`), whose derivative is
+    Used for the :math:`\sin\theta`-like roots of the angle of two pre-activations
+    (:math:`\sqrt{v_1 v_2 - \Sigma^2}`, :math:`\sqrt{(1 - \cos\theta)/2}`), whose derivative is
     infinite where the two coincide: there it is taken as 0, so a map whose own derivative is
     finite (the infinite terms cancel) gets it, and one whose derivative is truly infinite gets its
     derivative along the moves that keep the pair coinciding (see :class:`ABRelu`)."""
@@ -142,11 +142,11 @@ def root(x: torch.Tensor) -> torch.Tensor:
 
 
 def _arc_vjp(ctx, grad_j, grad_factor, d_cos: float):
-    r"""Backward of :math:`(J, F) = (f\sin	heta + (g - f	heta)\cos	heta,\ g - f	heta)` for an
-    input coordinate whose derivative with respect to :math:`\cos	heta` is ``d_cos``:
-    :math:`\partial J / \partial\cos	heta = F` and :math:`\partial F / \partial\cos	heta = f / \sin	heta`,
-    taken as 0 where :math:`\sin	heta = 0` (see :class:`ABRelu`); :math:`\partial J/\partial f = \sin	heta -
-    	heta\cos	heta`, :math:`\partial J/\partial g = \cos	heta`, :math:`\partial F/\partial f = -	heta`,
+    r"""Backward of :math:`(J, F) = (f\sin\theta + (g - f\theta)\cos\theta,\ g - f\theta)` for an
+    input coordinate whose derivative with respect to :math:`\cos\theta` is ``d_cos``:
+    :math:`\partial J / \partial\cos\theta = F` and :math:`\partial F / \partial\cos\theta = f / \sin\theta`,
+    taken as 0 where :math:`\sin\theta = 0` (see :class:`ABRelu`); :math:`\partial J/\partial f = \sin\theta -
+    \theta\cos\theta`, :math:`\partial J/\partial g = \cos\theta`, :math:`\partial F/\partial f = -\theta`,
     :math:`\partial F/\partial g = 1`."""
     theta, sin, cos, factor = ctx.saved_tensors
     grad_j = torch.zeros_like(theta) if grad_j is None else grad_j
@@ -182,8 +182,8 @@ def _arc_jvp(ctx, tangent, f_t, g_t, d_cos: float):
 
 class _ArcCosine(torch.autograd.Function):
     r"""``cos theta -> (J, F)`` of the degree-1 arc-cosine map (:class:`ABRelu`), in place on
-    ``cos``: :math:`J = f\sin	heta + (g - f	heta)\cos	heta`, :math:`F = g - f	heta`, with the
-    backward of :func:`_arc_vjp` (finite where ``arccos'`` is not, at :math:`\cos	heta = \pm 1`)."""
+    ``cos``: :math:`J = f\sin\theta + (g - f\theta)\cos\theta`, :math:`F = g - f\theta`, with the
+    backward of :func:`_arc_vjp` (finite where ``arccos'`` is not, at :math:`\cos\theta = \pm 1`)."""
 
     @staticmethod
     def forward(ctx, k, f, g, keep: bool):
@@ -219,8 +219,8 @@ class _ArcCosine(torch.autograd.Function):
 
 class _ArcCosineNear(torch.autograd.Function):
     r"""``1 - cos theta -> (J, F, S)`` for small angles (:func:`arccos_near_one`): ``J, F`` as
-    :class:`_ArcCosine` and :math:`S = \sin	heta - 	heta\cos	heta` (by its series), with
-    :math:`\partial S / \partial(1 - \cos	heta) = 	heta`."""
+    :class:`_ArcCosine` and :math:`S = \sin\theta - \theta\cos\theta` (by its series), with
+    :math:`\partial S / \partial(1 - \cos\theta) = \theta`."""
 
     @staticmethod
     def forward(ctx, one_minus_cos, f, g):
@@ -292,6 +292,15 @@ class ABRelu(Activation):
 
     The mean over units is :math:`(b - a)\sqrt{v / 2\pi}`.  ``Relu(scale)`` is ``ABRelu(0, scale)``
     and ``LeakyRelu(slope)`` is ``ABRelu(slope, 1)``.
+
+    Derivatives (autograd, reverse and forward mode; ``a``, ``b`` may be tensors): the map has its
+    own, :math:`\partial\Sigma_{out}/\partial\cos\theta = \sqrt{v_1 v_2}\,(g - f\theta)`, finite at
+    :math:`\cos\theta = 1` where :math:`\arccos'` is not, so the NNGP's gradient at coinciding
+    pre-activations (duplicated inputs, identical receptive fields) is exact.  The NTK factor
+    :math:`g - f\theta` has :math:`\partial/\partial\cos\theta = f/\sin\theta`, infinite there: the
+    NTK of two coinciding inputs is not differentiable (a kink in :math:`\theta`, like :math:`|x|`),
+    and the value returned is its derivative along the moves that keep the pair coinciding (the
+    slope in :math:`\cos\theta` taken as 0 where :math:`\sin\theta = 0`).
     """
 
     uses_dist = True
