@@ -11,18 +11,23 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from gpmargin.kernels.base import Layer, hyperparameter
 from gpmargin.kernels.finite import Flow, LayerModule
+from gpmargin.kernels.inputs import differentiated as _tracked
 from gpmargin.kernels.state import KernelState, Spec
+
+
+def _inverse_or_zero(r: torch.Tensor) -> torch.Tensor:
+    """``1 / r`` for ``r >= 0``, with 0 where ``r == 0``."""
+    positive = r > 0
+    return torch.where(positive, 1.0 / torch.where(positive, r, torch.ones_like(r)), torch.zeros_like(r))
 
 
 def _rsqrt_or_zero(v: torch.Tensor) -> torch.Tensor:
     """1/sqrt(v), with 0 where v == 0 (then the covariance is 0 too)."""
-    r = v.clamp(min=0).sqrt()
-    return torch.where(r > 0, 1.0 / torch.where(r > 0, r, torch.ones_like(r)), torch.zeros_like(r))
+    return _inverse_or_zero(v.clamp(min=0).sqrt())
 
 
 def _scale(k: torch.Tensor, st: KernelState, key: str) -> None:
@@ -94,15 +99,6 @@ def _sin_minus_theta_cos(theta: torch.Tensor) -> torch.Tensor:
     return (((t2 * (-1.0 / 45360) + 1.0 / 840) * t2 - 1.0 / 30) * t2 + 1.0 / 3) * t2 * theta
 
 
-def _tracked(*values) -> bool:
-    """Whether autograd differentiates a function of ``values``: a tensor among them requires grad
-    (grad mode on) or carries a forward-mode tangent (``torch.autograd.forward_ad``)."""
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return True
-    return any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
-
-
 class _Root(torch.autograd.Function):
     """``sqrt(x)`` of ``x >= 0`` whose derivative ``1 / (2 sqrt x)`` is taken as 0 at ``x = 0``."""
 
@@ -116,18 +112,12 @@ class _Root(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (r,) = ctx.saved_tensors
-        return grad * _half_inverse(r)
+        return grad * 0.5 * _inverse_or_zero(r)
 
     @staticmethod
     def jvp(ctx, tangent):
         (r,) = ctx.saved_tensors
-        return tangent * _half_inverse(r)
-
-
-def _half_inverse(r: torch.Tensor) -> torch.Tensor:
-    """``1 / (2 r)``, 0 where ``r = 0``."""
-    positive = r > 0
-    return torch.where(positive, 0.5 / torch.where(positive, r, torch.ones_like(r)), torch.zeros_like(r))
+        return tangent * 0.5 * _inverse_or_zero(r)
 
 
 def root(x: torch.Tensor) -> torch.Tensor:
@@ -162,8 +152,7 @@ def _arc_vjp(ctx, grad_j, grad_factor, d_cos: float):
 
 def _factor_slope(sin: torch.Tensor, f: float) -> torch.Tensor:
     r""":math:`\partial F / \partial\cos\theta = f / \sin\theta`, 0 where :math:`\sin\theta = 0`."""
-    positive = sin > 0
-    return torch.where(positive, f / torch.where(positive, sin, torch.ones_like(sin)), torch.zeros_like(sin))
+    return f * _inverse_or_zero(sin)
 
 
 def _arc_jvp(ctx, tangent, f_t, g_t, d_cos: float):

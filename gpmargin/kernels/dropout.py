@@ -64,12 +64,14 @@ class Dropout(Layer):
     maps_dist = True
 
     def __init__(self, rate: float, mode: str = "train"):
-        bad = isinstance(rate, bool) or not isinstance(rate, (numbers.Real, torch.Tensor))
-        if bad or not 0.0 < float(torch.as_tensor(hyperparameter(rate, "rate", "Dropout")).detach()) <= 1.0:
+        if isinstance(rate, bool) or not isinstance(rate, (numbers.Real, torch.Tensor)):
+            raise GpmarginError(f"Dropout rate={rate!r} is the keep probability and must be in (0, 1]")
+        value = hyperparameter(rate, "rate", "Dropout")
+        if not 0.0 < float(torch.as_tensor(value).detach()) <= 1.0:
             raise GpmarginError(f"Dropout rate={rate!r} is the keep probability and must be in (0, 1]")
         if mode not in MODES:
             raise GpmarginError(f"Dropout mode={mode!r} must be 'train' or 'test'")
-        self.rate = hyperparameter(rate, "rate", "Dropout")
+        self.rate = value
         self.mode = mode
 
     @property

@@ -30,10 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.inputs import as_input, input_spec, parse_get
+from gpmargin.kernels.inputs import as_input, differentiated, input_spec, parse_get
 from gpmargin.kernels.state import KernelState, Spec, spatial_diagonal
 from gpmargin.linalg import mirror_upper
 
@@ -194,10 +193,7 @@ class Engine:
         hyperparameter of a layer requires grad, or one carries a forward-mode tangent.  Such a call runs its tiles one at a time and
         out of place at the tile level (the plain float call keeps its threads and in-place
         outputs)."""
-        tensors = [x for x in xs if isinstance(x, torch.Tensor)] + self.hyperparameters
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return True
-        return any(fwAD.unpack_dual(t).tangent is not None for t in tensors)  # forward mode
+        return differentiated(*xs, *self.hyperparameters)
 
     # -- planning ---------------------------------------------------------------------
     def plan(self, spec: Spec, kernel: bool = True) -> tuple[str, int, list[Spec]]:

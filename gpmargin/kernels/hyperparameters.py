@@ -71,25 +71,39 @@ def _std(variance, name: str):
     return float(variance) ** 0.5
 
 
-def with_variances(kernel: Layer, weight_var, bias_var=None) -> Layer:
+def with_variances(kernel: Layer, weight_var=None, bias_var=None) -> Layer:
     """``kernel`` with ``W_std = sqrt(weight_var)`` and ``b_std = sqrt(bias_var)`` in its affine layers.
 
     Each of ``weight_var``, ``bias_var`` is one number or 0-dim tensor (shared by every layer) or
     one per layer (a sequence or a 1-D tensor; ``bias_var`` counts only the layers that have a
-    bias, which keep having one; ``None`` keeps the biases as they are).  Tensors stay in the
+    bias, which keep having one); ``None`` keeps those values as they are.  Tensors stay in the
     graph: the returned kernel is differentiable with respect to them.
     """
     layers = affine_layers(kernel)
     biased = sum(a.b_std is not None for a in layers)
-    ws = iter(_per_layer(weight_var, len(layers), "weight_var"))
+    ws = iter(_per_layer(weight_var, len(layers), "weight_var") if weight_var is not None else [])
     bs = iter(_per_layer(bias_var, biased, "bias_var") if bias_var is not None else [])
 
     def replace(layer):
         if not isinstance(layer, Affine):
             return layer
-        args = dict(layer.arguments(), W_std=_std(next(ws), "weight_var"))
+        args = layer.arguments()
+        if weight_var is not None:
+            args["W_std"] = _std(next(ws), "weight_var")
         if layer.b_std is not None and bias_var is not None:
             args["b_std"] = _std(next(bs), "bias_var")
         return type(layer)(**args)
 
     return kernel.map_layers(replace)
+
+
+def with_biases(kernel: Layer, bias_var: float) -> Layer:
+    """``kernel`` with a bias of variance ``bias_var`` in every affine layer that has none."""
+    std = _std(bias_var, "bias_var")
+
+    def add(layer):
+        if isinstance(layer, Affine) and layer.b_std is None:
+            return type(layer)(**dict(layer.arguments(), b_std=std))
+        return layer
+
+    return kernel.map_layers(add)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.state import Spec
@@ -61,14 +62,21 @@ def as_input(x, name: str, device=None, keep_graph: bool = False) -> torch.Tenso
     return x
 
 
+def differentiated(*values) -> bool:
+    """Whether autograd differentiates a function of ``values``: a tensor among them requires grad
+    (grad mode on) or carries a forward-mode tangent (``torch.autograd.forward_ad``)."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
 def refuse_gradients(path: str, how: str, *xs, kernel=None) -> None:
     """A one-line error when autograd would ask ``path`` for gradients it cannot give: an input
-    (or a tensor hyperparameter of ``kernel``) requires grad under grad mode."""
-    if not torch.is_grad_enabled():
-        return
+    (or a tensor hyperparameter of ``kernel``) is :func:`differentiated`."""
     names = [f"x{i + 1}" if len(xs) > 1 else "x" for i in range(len(xs))]
-    wanting = [n for n, x in zip(names, xs) if isinstance(x, torch.Tensor) and x.requires_grad]
-    if kernel is not None and hasattr(kernel, "tensors") and any(t.requires_grad for t in kernel.tensors()):
+    wanting = [n for n, x in zip(names, xs) if differentiated(x)]
+    if kernel is not None and hasattr(kernel, "tensors") and differentiated(*kernel.tensors()):
         wanting.append("the kernel's hyperparameters")
     if wanting:
         raise GpmarginError(f"{' and '.join(wanting)} require(s) grad, but {path} cannot be differentiated ({how}); "

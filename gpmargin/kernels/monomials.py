@@ -71,7 +71,7 @@ class Sign(ExpectationActivation):
             theta = torch.where(near, _angle_from_dist(st.pair_dist(), v1, v2), theta)
         if st.ntk is not None:
             st.ntk.zero_()
-        k = st.nngp = theta.mul(-2.0 / math.pi).add_(1.0).masked_fill_(~positive, 0.0)
+        k.copy_(theta).mul_(-2.0 / math.pi).add_(1.0).masked_fill_(~positive, 0.0)
         if st.keep_dist:  # 4 theta / pi where both variances are positive
             naive = (v1 > 0).double().add((v2 > 0).double()).sub(k, alpha=2.0)
             st.dist = torch.where(positive, theta.mul_(4.0 / math.pi), naive)

@@ -34,7 +34,7 @@ import torch.autograd.forward_ad as fwAD
 from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.hyperparameters import affine_layers, with_variances
+from gpmargin.kernels.hyperparameters import with_variances
 
 __all__ = ["NetworkKernel"]
 
@@ -102,8 +102,6 @@ class NetworkKernel(Kernel):
             return self.kernel
         w = weight if weight is not None else self._tensor("weight_var")
         b = bias if bias is not None else self._tensor("bias_var")
-        if w is None:
-            w = torch.tensor([float(a.W_std) ** 2 for a in affine_layers(self.kernel)], dtype=torch.float64)
         return with_variances(self.kernel, w, b)
 
     def _tensor(self, name: str):

@@ -61,11 +61,8 @@ class ExpectationActivation(Activation):
             k, v1, v2 = st.nngp, st.bcast1(st.var1.clamp(min=0)), st.bcast2(st.var2.clamp(min=0))
         if st.ntk is not None:
             st.ntk.mul_(self.ntk_factor(k, v1, v2))
-        out = torch.as_tensor(self.nngp_map(k, v1, v2), dtype=st.nngp.dtype, device=st.nngp.device)
-        if out.requires_grad:  # the NNGP was read to make ``out``: autograd needs it unchanged
-            st.nngp = out if out.shape == st.nngp.shape else out.expand_as(st.nngp).clone()
-        else:
-            st.nngp.copy_(out)
+        out = self.nngp_map(k, v1, v2)
+        st.nngp.copy_(torch.as_tensor(out, dtype=st.nngp.dtype, device=st.nngp.device))
         st.dist = identical_only(st.dist) if st.keep_dist else None
         return st
 

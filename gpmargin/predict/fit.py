@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.dense import Affine
-from gpmargin.kernels.hyperparameters import SHARING, affine_layers, variances, with_variances
+from gpmargin.kernels.hyperparameters import SHARING, affine_layers, variances, with_biases, with_variances
 
 
 @dataclass
@@ -59,18 +58,6 @@ class VarianceFit:
             "evaluations": self.evaluations,
             "kernel": repr(self.kernel),
         }
-
-
-def with_biases(kernel, bias_var: float):
-    """``kernel`` with a bias of variance ``bias_var`` in every affine layer that has none."""
-    std = math.sqrt(bias_var)
-
-    def add(layer):
-        if isinstance(layer, Affine) and layer.b_std is None:
-            return type(layer)(**dict(layer.arguments(), b_std=std))
-        return layer
-
-    return kernel.map_layers(add)
 
 
 def log_marginal_likelihood(K: torch.Tensor, y: torch.Tensor, noise) -> torch.Tensor:
