@@ -25,23 +25,26 @@ import warnings
 from gpmargin import __version__
 from gpmargin.errors import GpmarginError
 
-SUBCOMMAND_MODULES = (
-    "gpmargin.data.cli",
-    "gpmargin.predict.cli",
-    "gpmargin.distributed.cli",
-    "validation.cli",
-    "paper_figures.cli",
-)
+SUBCOMMANDS = {  # subcommand -> the module that registers it
+    "data": "gpmargin.data.cli",
+    "predict": "gpmargin.predict.cli",
+    "kernel": "gpmargin.distributed.cli",
+    "validate": "validation.cli",
+    "figure": "paper_figures.cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``command`` (one of :data:`SUBCOMMANDS`) only that
+    subcommand's module is imported, so ``gpmargin predict`` does not load the training harness."""
     parser = argparse.ArgumentParser(
         prog="gpmargin",
         description="Predict and measure how normalized margin drives generalization (Farhang et al. 2022).",
     )
     parser.add_argument("--version", action="version", version=f"gpmargin {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
+    names = [SUBCOMMANDS[command]] if command in SUBCOMMANDS else SUBCOMMANDS.values()
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -70,7 +73,9 @@ def cli_warnings():
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -92,6 +92,14 @@ class Activation(Layer):
 NEAR_ONE = 1e-5
 
 
+def near_one(cos: torch.Tensor) -> tuple:
+    """The indices of the entries of ``cos`` above ``1 - NEAR_ONE`` (``nonzero(as_tuple=True)``),
+    after one cheap maximum when there are none (the common case off the diagonal)."""
+    if cos.numel() == 0 or float(cos.max()) <= 1.0 - NEAR_ONE:
+        return tuple(torch.zeros(0, dtype=torch.long, device=cos.device) for _ in range(cos.dim()))
+    return (cos > 1.0 - NEAR_ONE).nonzero(as_tuple=True)
+
+
 def _sin_minus_theta_cos(theta: torch.Tensor) -> torch.Tensor:
     """``sin t - t cos t = t^3/3 - t^5/30 + t^7/840 - t^9/45360 + ...`` without cancellation, for
     the small angles ``t < 0.05`` it is used at (truncation error below 1e-17 relative)."""
@@ -169,6 +177,24 @@ def _arc_jvp(ctx, tangent, f_t, g_t, d_cos: float):
     return t_j, t_f
 
 
+def _arc_cosine(k: torch.Tensor, f: float, g: float, keep: bool):
+    r"""``k = cos theta`` rewritten in place into :math:`J = f\sin\theta + (g - f\theta)\cos\theta`;
+    returns ``(J, F = g - f theta, saved)`` with ``saved = (theta, sin, cos, F)`` for the
+    derivatives when ``keep`` (else ``None``; ``F`` then reuses the angle's memory)."""
+    one = k.new_ones(())
+    theta = torch.arccos(k)
+    cos = k.clone() if keep else None
+    # f sin(theta) = f sqrt((1 - cos)(1 + cos)): each factor is exact where it is small
+    # (Sterbenz), so sin keeps its relative accuracy at cos = +-1, like the arc-cosine
+    sin = torch.sub(one, k).mul_(torch.add(k, one)).sqrt_()
+    factor = theta.clone() if keep else theta
+    torch.add(one * g, factor, alpha=-f, out=factor)  # g - f theta = E[phi'(u) phi'(u')]
+    saved = (theta, sin, cos, factor) if keep else None
+    sin = sin * f if keep else sin.mul_(f)
+    torch.addcmul(sin, factor, k, out=k)  # f sin + (g - f theta) cos
+    return k, factor, saved
+
+
 class _ArcCosine(torch.autograd.Function):
     r"""``cos theta -> (J, F)`` of the degree-1 arc-cosine map (:class:`ABRelu`), in place on
     ``cos``: :math:`J = f\sin\theta + (g - f\theta)\cos\theta`, :math:`F = g - f\theta`, with the
@@ -176,23 +202,11 @@ class _ArcCosine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, k, f, g, keep: bool):
-        fv, gv = float(f), float(g)
-        one = k.new_ones(())
-        theta = torch.arccos(k)
-        cos = k.clone() if keep else None
-        # f sin(theta) = f sqrt((1 - cos)(1 + cos)): each factor is exact where it is small
-        # (Sterbenz), so sin keeps its relative accuracy at cos = +-1, like the arc-cosine
-        sin = torch.sub(one, k).mul_(torch.add(k, one)).sqrt_()
-        factor = theta.clone() if keep else theta
-        torch.add(one * gv, factor, alpha=-fv, out=factor)  # g - f theta = E[phi'(u) phi'(u')]
-        if keep:
-            ctx.save_for_backward(theta, sin, cos, factor)
-            ctx.save_for_forward(theta, sin, cos, factor)
-            ctx.f = fv
-            sin = sin * fv
-        else:
-            sin.mul_(fv)
-        torch.addcmul(sin, factor, k, out=k)  # f sin + (g - f theta) cos
+        fv = float(f)
+        k, factor, saved = _arc_cosine(k, fv, float(g), True)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+        ctx.f = fv
         ctx.mark_dirty(k)
         return k, factor
 
@@ -348,7 +362,7 @@ class ABRelu(Activation):
             k.masked_fill_(same, 1.0)
             near = ((k > 1.0 - NEAR_ONE) & ~same).nonzero(as_tuple=True)
         else:
-            near = (k > 1.0 - NEAR_ONE).nonzero(as_tuple=True)
+            near = near_one(k)
         fix = near[0].numel() > 0
         if record and fix:
             st.near.append(near)
@@ -376,8 +390,10 @@ class ABRelu(Activation):
         """``k <- sqrt(v1 v2) [f sin(theta) + (g - f theta) cos(theta)]`` from ``k = cos(theta)``,
         and ``ntk <- (g - f theta) ntk``, in place (:class:`_ArcCosine`)."""
         keep = _tracked(k, f, g)
-        # (autograd: a Function may rewrite only a tensor that is not a view when it returns two)
-        k, factor = _ArcCosine.apply(k.clone() if keep else k, f, g, keep)
+        if keep:  # (autograd: a Function may rewrite only a tensor that is not a view when it returns two)
+            k, factor = _ArcCosine.apply(k.clone(), f, g, True)
+        else:  # the float path: the same arithmetic without a Function call's overhead
+            k, factor, _ = _arc_cosine(k, float(f), float(g), False)
         if st.ntk is not None:
             st.ntk.mul_(factor)
         del factor

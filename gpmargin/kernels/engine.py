@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -34,11 +33,15 @@ import torch
 from gpmargin.errors import GpmarginError
 from gpmargin.kernels.inputs import as_input, differentiated, input_spec, parse_get
 from gpmargin.kernels.state import KernelState, Spec, spatial_diagonal
-from gpmargin.linalg import mirror_upper
+from gpmargin.linalg import empty_matrix, mirror_upper
 
 DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of tile working memory besides the outputs
 _SCRATCH = 5  # tile-sized temporaries alive at once inside a layer (nngp/ntk excluded, dist included)
-_CHUNK_PAIRS = 32768  # kernel entries per CPU work item: in cache, below torch's parallel grain
+# kernel entries per CPU work item and thread: 1 MiB per float64 tensor and thread, so a layer's
+# few temporaries stay in the last-level cache while each torch call still splits over the
+# threads, and the Python between torch calls is a few per cent of a chunk's time
+# (docs/performance.md: 32768 entries on a thread pool cost 25-40 % more on 2 cores)
+_CHUNK_PAIRS_PER_THREAD = 131072
 _INPLACE_TILE_BYTES = 32 * 2**20  # rows per matmul block when tiles are written into the outputs
 
 
@@ -80,8 +83,10 @@ def _image_dist(x1: torch.Tensor, x2: torch.Tensor, layout: str) -> torch.Tensor
 def _input_pair(x1, x2, layout, want_ntk, out_nngp=None, out_ntk=None) -> KernelState:
     """The input kernel of a tile (its distance is added row chunk by row chunk)."""
     if layout == "vector":
-        if out_nngp is not None and out_nngp.is_contiguous():
-            nngp = torch.matmul(x1, x2.T, out=out_nngp)
+        if out_nngp is not None and out_nngp.stride(-1) == 1:
+            # straight into the (row-strided) block of the output: the BLAS writes with its
+            # leading dimension, no temporary and no copy
+            nngp = torch.mm(x1, x2.T, out=out_nngp)
         elif out_nngp is not None:
             nngp = out_nngp.copy_(x1 @ x2.T)
         else:
@@ -386,8 +391,8 @@ class Engine:
         stats2 = stats1 if same else self._self_pass(x2, plan, want_ntk, mem, False)[0]
 
         n1, n2 = x1.shape[0], x2.shape[0]
-        out_nngp = torch.empty((n1, n2), dtype=torch.float64, device=x1.device)
-        out_ntk = torch.empty((n1, n2), dtype=torch.float64, device=x1.device) if want_ntk else None
+        out_nngp = empty_matrix(n1, n2, x1.device)
+        out_ntk = empty_matrix(n1, n2, x1.device) if want_ntk else None
 
         needs = self._dist_needed()
         aux1 = self._precomputed(stats1)
@@ -404,8 +409,7 @@ class Engine:
                 continue
             tiles += [(r0, r1, c0, min(c0 + cols, n2)) for c0 in range(0, n2, cols) if not same or c0 + cols > r0]
         cpu = x1.device.type == "cpu"
-        workers = max(1, torch.get_num_threads()) if cpu and not graph else 1
-        pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        chunk_pairs = _CHUNK_PAIRS_PER_THREAD * max(1, torch.get_num_threads())
 
         def chunk(st, r0, c0, s0, s1):
             """Push rows s0:s1 of the tile starting at (r0, c0) through all layers; store them."""
@@ -414,6 +418,10 @@ class Engine:
                               None, None, None, None, st.layout, pair=True)
             if needs[0] and st.layout == "vector":
                 sub.near = []  # nearly coinciding pairs are recomputed below, with their distance
+                if same and not graph:
+                    # each input with itself: its entry is the self pass's (written last), so it is
+                    # blanked here and no arc-cosine layer counts it among the nearly coinciding
+                    sub.nngp.diagonal(a0 - c0).zero_()
             elif needs[0]:
                 sub.dist = _image_dist(x1[a0:a1], x2[c0:c1], st.layout)
             sub = self._layers_pass(sub, stats1, stats2, aux1, aux2, specs, needs,
@@ -430,26 +438,16 @@ class Engine:
             if want_ntk:
                 _store(out_ntk, sub.ntk, a0, a1, c0, c1)
 
-        try:
-            for r0, r1, c0, c1 in _progress(tiles, progress, "kernel"):
-                tgt_nngp = out_nngp[r0:r1, c0:c1] if in_place else None
-                tgt_ntk = out_ntk[r0:r1, c0:c1] if (in_place and want_ntk) else None
-                st = _input_pair(x1[r0:r1], x2[c0:c1], layout, want_ntk, tgt_nngp, tgt_ntk)
-                # On CPU the layers run on row chunks of about _CHUNK_PAIRS entries: every
-                # elementwise pass then works in cache, single-threaded inside torch, and the
-                # chunks are spread over a thread pool (torch releases the GIL).
-                per_row = (c1 - c0) * (st.nngp[0, 0].numel())
-                step = max(1, _CHUNK_PAIRS // per_row) if cpu else r1 - r0
-                bounds = [(s, min(s + step, r1 - r0)) for s in range(0, r1 - r0, step)]
-                if pool is None or len(bounds) == 1:
-                    for s0, s1 in bounds:
-                        chunk(st, r0, c0, s0, s1)
-                else:
-                    for f in [pool.submit(chunk, st, r0, c0, s0, s1) for s0, s1 in bounds]:
-                        f.result()
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        for r0, r1, c0, c1 in _progress(tiles, progress, "kernel"):
+            tgt_nngp = out_nngp[r0:r1, c0:c1] if in_place else None
+            tgt_ntk = out_ntk[r0:r1, c0:c1] if (in_place and want_ntk) else None
+            st = _input_pair(x1[r0:r1], x2[c0:c1], layout, want_ntk, tgt_nngp, tgt_ntk)
+            # On CPU the layers run on row chunks of about chunk_pairs entries: every elementwise
+            # pass then works in cache, split over torch's threads
+            per_row = (c1 - c0) * (st.nngp[0, 0].numel())
+            step = max(1, chunk_pairs // per_row) if cpu else r1 - r0
+            for s0 in range(0, r1 - r0, step):
+                chunk(st, r0, c0, s0, min(s0 + step, r1 - r0))
         if same:  # exactly symmetric by construction, whatever the BLAS did on the diagonal tiles,
             # and the diagonal is the self pass's (each input with itself: theta = 0 exactly)
             mirror_upper(out_nngp).diagonal().copy_(diag_nngp)

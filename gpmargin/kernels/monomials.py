@@ -16,7 +16,7 @@ import numbers
 import torch
 
 from gpmargin.errors import GpmarginError
-from gpmargin.kernels.activations import NEAR_ONE, ABRelu, _rsqrt_or_zero, root
+from gpmargin.kernels.activations import NEAR_ONE, ABRelu, _rsqrt_or_zero, near_one, root
 from gpmargin.kernels.smooth import ExpectationActivation, _gap
 
 
@@ -258,7 +258,7 @@ class RectifiedMonomial(ExpectationActivation):
             v1, v2 = st.bcast1(st.var1.clamp(min=0)), st.bcast2(st.var2.clamp(min=0))
             if st.dist is None and st.near is not None:  # a vector tile: the driver recomputes near pairs
                 cos = st.nngp * _rsqrt_or_zero(v1 * v2)
-                where = (cos > 1.0 - NEAR_ONE).nonzero(as_tuple=True)
+                where = near_one(cos)
                 if where[0].numel():
                     st.near.append(where)
             elif st.dist is not None:
