@@ -229,9 +229,22 @@ def keeping_torch_threads(body):
     return run
 
 
+def _import_pyplot() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
 def _run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
+    import threading
     import warnings
+
+    # matplotlib (about a second to import) is loaded on a second thread while the kernels and
+    # solves run, which spend their time in torch with the GIL released; the figure waits for it
+    plotting = threading.Thread(target=_import_pyplot, name="import matplotlib", daemon=True)
+    plotting.start()
 
     import torch
 
@@ -332,9 +345,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     csv_path = curve.to_csv(out / "curve.csv")
-    import matplotlib
-
-    matplotlib.use("Agg")
+    plotting.join()
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
