@@ -126,3 +126,16 @@ def test_predict_imports_nothing_above_it():
     bad = {mod: sorted(d for d in deps if d.startswith(above)) for mod, deps in graph.items()
            if mod.startswith("gpmargin.predict") and mod != "gpmargin.predict.cli"}
     assert not any(bad.values()), {m: d for m, d in bad.items() if d}
+
+
+def test_a_subcommand_imports_only_its_own_module():
+    """``gpmargin predict`` builds only its parser: the training harness, the figures, Dask,
+    Zarr, GPyTorch and scikit-learn stay unimported (the predict benchmark's startup)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from gpmargin.cli import build_parser; build_parser('predict'); "
+            "print(sorted(m for m in ('validation', 'paper_figures', 'dask', 'zarr', 'gpytorch', 'sklearn') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

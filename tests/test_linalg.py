@@ -92,3 +92,41 @@ def test_cholesky_solve_matches_numpy():
     x1 = cholesky_solve(L, B[:, 0])
     assert x1.shape == (len(K),)
     np.testing.assert_allclose(x1.numpy(), X[:, 0].numpy(), rtol=1e-12)
+
+
+# -- empty_matrix: the kernel engine's outputs ------------------------------------------------
+@pytest.mark.parametrize("rows,cols", [(3, 5), (1100, 1100)])  # torch.empty, and the mapped huge pages (>= 8 MiB)
+def test_empty_matrix_is_an_ordinary_writable_float64_matrix(rows, cols, tmp_path):
+    from gpmargin.linalg import empty_matrix
+
+    m = empty_matrix(rows, cols)
+    assert m.shape == (rows, cols) and m.dtype == torch.float64 and m.is_contiguous()
+    m.fill_(2.5)
+    view = m[1:, 2:]
+    del m  # the view keeps the memory alive
+    assert bool((view == 2.5).all())
+    torch.save(view, tmp_path / "m.pt")
+    assert torch.equal(torch.load(tmp_path / "m.pt"), view)
+
+
+def test_kernel_matrix_on_mapped_outputs_matches_the_arc_cosine_recursion():
+    """A self-kernel big enough for the mapped outputs (1100^2 float64 = 9.7 MB), with the BLAS
+    writing into the output's strided blocks and the diagonal blanked before the layers: the
+    paper MLP's NNGP equals the closed-form recursion on the normalised digits (float64
+    rounding through 2 layers and a 64-term product: 1e-13), is exactly symmetric, and its
+    diagonal is the self pass's."""
+    from sklearn.datasets import load_digits
+
+    from gpmargin.kernels import paper_mlp
+
+    x = torch.as_tensor(load_digits().data[:1100], dtype=torch.float64)
+    x = x * 8.0 / x.norm(dim=1, keepdim=True)  # norm sqrt(64)
+    k = paper_mlp(3)
+    K = k(x)
+    c = (x @ x.T / 64).clamp(-1, 1)
+    for _ in range(2):
+        c = ((1 - c * c).clamp(min=0).sqrt() + c * (torch.pi - torch.arccos(c))) / torch.pi
+        c = c.clamp(-1, 1)
+    assert float((K - c).abs().max()) < 1e-13
+    assert torch.equal(K, K.T)
+    assert torch.equal(torch.diagonal(K), k.diag(x))

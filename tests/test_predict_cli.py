@@ -168,3 +168,23 @@ def test_cli_error_in_a_real_process_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "5000" in lines[0]
+
+
+def test_auto_threads_count_the_cores_other_processes_use_now():
+    """``--threads auto`` takes the cores that are not running another process's thread at
+    this moment (not the 1-minute load average, which still counts jobs that just ended)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from gpmargin.predict.cli import _busy_elsewhere, _threads
+
+    assert 1 <= _threads("auto") <= max(1, os.cpu_count() or 1)
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert _busy_elsewhere() >= 1  # the spinning process is runnable
+    finally:
+        spin.kill()
+        spin.wait()

@@ -1,7 +1,8 @@
 """The engine that evaluates a network description: kernels computed in memory-bounded tiles.
 
 A description (:class:`~gpmargin.kernels.Serial`, or one layer) is a tuple of layers; the engine
-checks it for the inputs (:meth:`Engine.plan`), then runs it on threads, tile by tile.
+checks it for the inputs (:meth:`Engine.plan`), then runs it tile by tile, each torch call on
+torch's threads.
 
 Computation of ``k(x1, x2)``:
 
@@ -11,8 +12,12 @@ Computation of ``k(x1, x2)``:
 2. *Pair pass* (tiled over rows and columns of the output): each tile starts from the input
    kernel (one matrix product for vectors) and is pushed through the layers, elementwise maps
    working in place.  When a tile spans whole rows of a dense network's output it is computed
-   directly inside the output matrices, so peak memory is the output plus a few tile-sized
-   scratch buffers (bounded by ``max_memory``).
+   directly inside the output matrices (the BLAS writes the input kernel into the output's
+   row-strided block), so peak memory is the output plus a few tile-sized scratch buffers
+   (bounded by ``max_memory``).  On a CPU the layers then run over row chunks of about
+   ``_CHUNK_PAIRS_PER_THREAD`` entries per thread, small enough for the cache, large enough that
+   the Python between torch calls costs little; the outputs sit on pre-populated huge pages
+   (:func:`~gpmargin.linalg.empty_matrix`).
 3. *Nearly coinciding pairs* (see :mod:`gpmargin.kernels.state`): image tiles carry the pair
    distance through every layer; vector tiles do not (a dense network keeps it exact entry by
    entry), but each arc-cosine layer records the entries within ``NEAR_ONE`` of correlation 1,

@@ -105,12 +105,33 @@ def _float_arg(flag: str):
     return parse
 
 
+def _busy_elsewhere() -> float | None:
+    """How many threads other processes are running now: on Linux the runnable count of
+    ``/proc/loadavg`` less this process's own; elsewhere the 1-minute load average (which
+    still counts, decayed, processes that finished up to a minute ago)."""
+    import os
+
+    try:
+        with open("/proc/loadavg") as f:
+            return max(0, int(f.read().split()[3].split("/")[0]) - 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def _threads(spec: str) -> int:
-    """Torch CPU threads.  ``auto``: cores minus the 1-minute load average (rounded, >= 1).
+    """Torch CPU threads.  ``auto``: the cores not running other processes' threads now
+    (:func:`_busy_elsewhere`, rounded, >= 1).
 
     With more busy processes than cores, OpenMP parallel regions stall waiting for a
     descheduled thread (measured here: a depth-5 MLP kernel ran 10-50x slower on 2 threads
-    than on 1 while other jobs used the cores), so fewer threads are faster then.
+    than on 1 while other jobs used the cores), so fewer threads are faster then.  The
+    1-minute load average used before also counted processes that had just ended: right after
+    another job, the predict benchmark's case B ran on 1 of 2 idle cores (its Cholesky 11.9 s
+    instead of 5.3 s).
     """
     import os
 
@@ -127,11 +148,10 @@ def _threads(spec: str) -> int:
             raise GpmarginError(f"--threads {spec!r}: give a positive integer or auto")
         return n
     n = torch.get_num_threads()
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
+    busy = _busy_elsewhere()
+    if busy is None:
         return n
-    return max(1, min(n, int((os.cpu_count() or n) - load + 0.5)))
+    return max(1, min(n, int((os.cpu_count() or n) - busy + 0.5)))
 
 
 def kernel_from_args(args):
@@ -241,6 +261,7 @@ def _run(args: argparse.Namespace) -> int:
     import threading
     import warnings
 
+    threads = _threads(args.threads)  # before the second thread below, which would count as busy
     # matplotlib (about a second to import) is loaded on a second thread while the kernels and
     # solves run, which spend their time in torch with the GIL released; the figure waits for it
     plotting = threading.Thread(target=_import_pyplot, name="import matplotlib", daemon=True)
@@ -263,7 +284,7 @@ def _run(args: argparse.Namespace) -> int:
         check_root(args.data_root, "--data-root")
     device = resolve_device(args.device)
     check_output_folder(args.out)  # before any work: a bad --out fails in one line, not after the curve
-    torch.set_num_threads(_threads(args.threads))
+    torch.set_num_threads(threads)
     dataset = (args.dataset or "digits").lower()
     timings: dict[str, float] = {}
     notes: list[str] = []
