@@ -88,12 +88,10 @@ def _image_dist(x1: torch.Tensor, x2: torch.Tensor, layout: str) -> torch.Tensor
 def _input_pair(x1, x2, layout, want_ntk, out_nngp=None, out_ntk=None) -> KernelState:
     """The input kernel of a tile (its distance is added row chunk by row chunk)."""
     if layout == "vector":
-        if out_nngp is not None and out_nngp.stride(-1) == 1:
+        if out_nngp is not None:
             # straight into the (row-strided) block of the output: the BLAS writes with its
             # leading dimension, no temporary and no copy
             nngp = torch.mm(x1, x2.T, out=out_nngp)
-        elif out_nngp is not None:
-            nngp = out_nngp.copy_(x1 @ x2.T)
         else:
             nngp = x1 @ x2.T
         nngp.div_(x1.shape[1])
