@@ -1,12 +1,15 @@
-"""Speed and memory of pooled CNN kernels (NNGP+NTK, float64) against jitted neural-tangents:
-Myrtle-5 and WideResNet-16-4 on real Fashion-MNIST test images (28x28).
+"""Speed and memory of CNN kernels (NNGP+NTK, float64) against jitted neural-tangents: the paper's
+CNN on MNIST, Myrtle-5 and WideResNet-16-4 on Fashion-MNIST (real test images, 28x28).
 
-    python benchmarks/cnn_kernels.py                        # the issue's sizes: Myrtle-5 n=512, WRN-16-4 n=256
+    python benchmarks/cnn_kernels.py                        # the issue's sizes: paper CNN n=400, Myrtle-5 n=512, WRN-16-4 n=256
+    python benchmarks/cnn_kernels.py --arch paper-cnn --repeats 3
     python benchmarks/cnn_kernels.py --arch myrtle5 --n 16  # what a 2-core CPU finishes in minutes
     python benchmarks/cnn_kernels.py --nt-batch 4           # neural-tangents through nt.batch (tiles of 4)
 
-Both networks end in ``GlobalAvgPool``, so both libraries keep every pair of positions (784^2
-numbers per pair of images at 28x28): the memory failure neural-tangents is known for.  Each
+The paper CNN (``paper_cnn()``: two 5x5 valid convolutions, ReLU, Flatten, Dense-ReLU-Dense) keeps
+only same-position covariances (576 then 400 numbers per pair of images).  Myrtle-5 and WRN-16-4 end
+in ``GlobalAvgPool``, so both libraries keep every pair of positions (784^2 numbers per pair of
+images at 28x28): the memory failure neural-tangents is known for.  Each
 measurement runs in its own subprocess with its address space capped at ``--memory-cap`` GiB (so a
 run that would exhaust the machine fails instead); it reports the median of ``--repeats`` calls
 (neural-tangents after one warm-up call that compiles ``jax.jit(kernel_fn)``), the peak resident
@@ -31,13 +34,14 @@ REPO = Path(__file__).resolve().parents[1]
 if "GPMARGIN_DATA" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
     os.environ["GPMARGIN_DATA"] = str(REPO.parent / "shared" / "data")
 
-ARCHS = {"myrtle5": 512, "wrn16-4": 256}  # the issue's sizes
+ARCHS = {"paper-cnn": 400, "myrtle5": 512, "wrn16-4": 256}  # the issue's sizes
 
 
-def _inputs(n: int):
+def _inputs(arch: str, n: int):
+    """The paper CNN on MNIST test images (the paper's data), the pooled networks on Fashion-MNIST's."""
     from gpmargin.data import load
 
-    x, _ = load("fashion_mnist", split="test")
+    x, _ = load("mnist" if arch == "paper-cnn" else "fashion_mnist", split="test")
     return x[:n].double().contiguous()  # (n, 1, 28, 28) in [0, 1]
 
 
@@ -48,6 +52,8 @@ def _rss_bytes() -> int:
 def _ours(arch: str):
     from gpmargin import kernels as gk
 
+    if arch == "paper-cnn":
+        return gk.paper_cnn()
     return gk.myrtle(5) if arch == "myrtle5" else gk.wide_resnet(16, 4)
 
 
@@ -55,6 +61,9 @@ def _theirs(arch: str):
     """The same networks in neural-tangents' stax (float64)."""
     from neural_tangents import stax
 
+    if arch == "paper-cnn":  # no biases (b_std=None), W_std 1, plain ReLU: gk.paper_cnn()
+        conv = [stax.Conv(1, (5, 5), padding="VALID", b_std=None), stax.Relu()] * 2
+        return stax.serial(*conv, stax.Flatten(), stax.Dense(1, b_std=None), stax.Relu(), stax.Dense(1, b_std=None))[2]
     if arch == "myrtle5":
         layers = []
         for stage, n in enumerate((2, 1, 1)):
@@ -75,21 +84,26 @@ def _theirs(arch: str):
     return stax.serial(*layers, stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))[2]
 
 
-def _floor(torch, repeats: int, pairs: int = 16) -> float:
-    """Seconds per pair of one elementwise pass (read and write) over the full position-position
-    kernels of ``pairs`` pairs of 28x28 images (784^2 float64 each, 79 MB in all: out of cache, as
-    the engine's tiles are): the unit of work every layer costs at least once per tensor."""
-    t = torch.ones(pairs, 784, 784, dtype=torch.float64)
+# entries of one pair's kernel field the layers update: the input layer's same-position field
+# (28x28) for the paper CNN, both positions (784^2) for the pooled networks
+FIELD = {"paper-cnn": 784, "myrtle5": 784**2, "wrn16-4": 784**2}
+
+
+def _floor(torch, repeats: int, arch: str) -> float:
+    """Seconds per pair of images of one elementwise pass (read and write) over that pair's kernel
+    field (``FIELD``), measured on 16 x 784^2 float64 numbers (79 MB: out of cache, as the engine's
+    tiles are): the unit of work every layer costs at least once per tensor."""
+    t = torch.ones(16, 784, 784, dtype=torch.float64)
     times = []
     for _ in range(max(repeats, 5)):
         t0 = time.perf_counter()
         t.mul_(1.0000001)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) / pairs
+    return statistics.median(times) / t.numel() * FIELD[arch]
 
 
 def worker(lib: str, arch: str, n: int, repeats: int, nt_batch: int | None) -> dict:
-    x = _inputs(n)
+    x = _inputs(arch, n)
     times = []
     res = {"lib": lib, "arch": arch, "n": n}
     if lib == "gpmargin":
@@ -103,7 +117,7 @@ def worker(lib: str, arch: str, n: int, repeats: int, nt_batch: int | None) -> d
             out = k(x, get=("nngp", "ntk"))
             times.append(time.perf_counter() - t0)
             del out
-        res["pass_s"] = _floor(torch, repeats)
+        res["pass_s"] = _floor(torch, repeats, arch)
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import jax
@@ -165,7 +179,7 @@ def _line(r) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", nargs="+", choices=sorted(ARCHS), default=sorted(ARCHS))
-    p.add_argument("--n", type=int, default=None, help="images (default: 512 for Myrtle-5, 256 for WRN-16-4)")
+    p.add_argument("--n", type=int, default=None, help="images (default: 400 for the paper CNN, 512 for Myrtle-5, 256 for WRN-16-4)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--no-nt", action="store_true", help="skip neural-tangents")
     p.add_argument("--nt-batch", type=int, default=None, help="run neural-tangents through nt.batch(batch_size=B)")
@@ -176,17 +190,18 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args.worker, args.arch[0], args.n, args.repeats, args.nt_batch)))
         return 0
-    print(f"pooled CNN kernels, NNGP+NTK, float64, Fashion-MNIST test images 28x28; {os.cpu_count()} CPU cores")
+    print(f"CNN kernels, NNGP+NTK, float64, 28x28 test images; {os.cpu_count()} CPU cores")
     for arch in args.arch:
         n = args.n or ARCHS[arch]
         pairs = n * (n + 1) // 2
-        print(f"\n{arch}, n = {n} ({pairs} pairs of images; 784^2 position pairs each)")
+        field = "784^2 position pairs" if FIELD[arch] > 784 else "784 same-position entries at the input"
+        print(f"\n{arch}, n = {n} ({pairs} pairs of images; {field} each)")
         ours = measure("gpmargin", arch, n, args.repeats, None, args.memory_cap, args.timeout)
         print(_line(ours))
         if "error" not in ours:
             per = ours["median_s"] / pairs
-            print(f"  {'':28s} {1000 * per:.1f} ms per pair = {per / ours['pass_s']:.0f} elementwise passes over one "
-                  f"pair's 784^2 kernel ({1000 * ours['pass_s']:.2f} ms each out of cache: the floor of one elementwise "
+            print(f"  {'':28s} {1e6 * per:.1f} us per pair = {per / ours['pass_s']:.0f} elementwise passes over one "
+                  f"pair's field ({1e6 * ours['pass_s']:.2f} us each out of cache: the floor of one elementwise "
                   "update of one tensor)")
         if args.no_nt:
             continue

@@ -325,7 +325,10 @@ class ABRelu(Activation):
     def precompute(self, var, mean):
         var = var.clamp(min=0)
         sqrt, rsqrt = var.sqrt(), _rsqrt_or_zero(var)
-        return {"var": var, "sqrt": sqrt, "rsqrt": rsqrt, "sqrt_const": _const(sqrt), "rsqrt_const": _const(rsqrt)}
+        zero = var == 0
+        zero = zero.to(var.dtype) if bool(zero.any()) else None  # z: 1 where the variance is 0
+        return {"var": var, "sqrt": sqrt, "rsqrt": rsqrt, "sqrt_const": _const(sqrt), "rsqrt_const": _const(rsqrt),
+                "zero": zero}
 
     def finite(self, fl: Flow) -> Flow:
         a, b = self.a, self.b
@@ -355,14 +358,18 @@ class ABRelu(Activation):
         dist = None if record else st.pair_dist()
         _scale(k, st, "rsqrt")
         k.clamp_(-1.0, 1.0)  # cos(theta)
-        same = None
-        if dist is not None:
-            # dist == 0 exactly: identical pre-activations (identical receptive fields), theta = 0
-            same = dist == 0
-            k.masked_fill_(same, 1.0)
-            near = ((k > 1.0 - NEAR_ONE) & ~same).nonzero(as_tuple=True)
-        else:
-            near = near_one(k)
+        # Identical pre-activations (dist == 0 exactly: identical receptive fields) have theta = 0:
+        # those with nonzero variances have cos within rounding of 1, so they are among the near
+        # candidates; where both variances vanish (k = 0) the NTK factor is set to g below.
+        exact, both_zero = None, None
+        if dist is not None and st.aux1["zero"] is not None and st.aux2["zero"] is not None:
+            both_zero = (st.bcast1(st.aux1["zero"]), st.bcast2(st.aux2["zero"]))
+        near = near_one(k)
+        if dist is not None and near[0].numel():
+            coincide = dist[near] == 0
+            exact = tuple(i[coincide] for i in near)
+            near = tuple(i[~coincide] for i in near)
+            k[exact] = 1.0
         fix = near[0].numel() > 0
         if record and fix:
             st.near.append(near)
@@ -372,10 +379,16 @@ class ABRelu(Activation):
             s2 = _expand_at(st.bcast2(st.aux2["sqrt"]), k, near)
             sigma_near, factor_near, dist_near = arccos_near_one(dist[near], s1, s2, f, g)
             ntk_near = None if st.ntk is None else st.ntk[near] * factor_near
-        k = st.nngp = self._arccos_map(k, st, f, g)
-        if st.keep_dist:  # d' = g (v1 + v2) - 2 Sigma': accurate wherever 1 - cos > NEAR_ONE
-            dist = dist.copy_(st.bcast1(st.aux1["var"]).expand_as(k)).add_(st.bcast2(st.aux2["var"]))
-            dist.mul_(g).add_(k, alpha=-2.0).clamp_(min=0.0).masked_fill_(same, 0.0)
+        k = st.nngp = self._arccos_map(k, st, f, g, both_zero)
+        if st.keep_dist:  # d' = g v1 + g v2 - 2 Sigma': accurate wherever 1 - cos > NEAR_ONE
+            gv1, gv2 = st.bcast1(st.aux1["var"] * g), st.bcast2(st.aux2["var"] * g)
+            if _tracked(dist, k, gv1, gv2):  # (autograd records no out= call)
+                dist.copy_(gv1.expand_as(k)).add_(gv2)
+            else:
+                torch.add(gv1, gv2, out=dist)
+            dist.add_(k, alpha=-2.0).clamp_(min=0.0)
+            if exact is not None:
+                dist[exact] = 0.0  # (where both variances vanish it is 0 already)
         if fix:
             k[near] = sigma_near
             if st.ntk is not None:
@@ -386,15 +399,21 @@ class ABRelu(Activation):
         return st
 
     @staticmethod
-    def _arccos_map(k: torch.Tensor, st: KernelState, f, g) -> torch.Tensor:
+    def _arccos_map(k: torch.Tensor, st: KernelState, f, g, both_zero=None) -> torch.Tensor:
         """``k <- sqrt(v1 v2) [f sin(theta) + (g - f theta) cos(theta)]`` from ``k = cos(theta)``,
-        and ``ntk <- (g - f theta) ntk``, in place (:class:`_ArcCosine`)."""
+        and ``ntk <- (g - f theta) ntk``, in place (:class:`_ArcCosine`); ``both_zero = (z1, z2)``
+        (1 where a variance is 0): the pairs where both are 0 have ``k = 0`` but theta = 0, so
+        their NTK factor ``g - f pi/2`` gets ``f pi/2`` back."""
         keep = _tracked(k, f, g)
         if keep:  # (autograd: a Function may rewrite only a tensor that is not a view when it returns two)
             k, factor = _ArcCosine.apply(k.clone(), f, g, True)
         else:  # the float path: the same arithmetic without a Function call's overhead
             k, factor, _ = _arc_cosine(k, float(f), float(g), False)
         if st.ntk is not None:
+            if both_zero is not None:
+                back = f * (math.pi / 2)
+                factor = (factor + both_zero[0] * both_zero[1] * back if keep  # (f may be a tensor)
+                          else factor.addcmul_(*both_zero, value=back))
             st.ntk.mul_(factor)
         del factor
         _scale(k, st, "sqrt")

@@ -26,6 +26,8 @@ however small it is.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -139,6 +141,8 @@ class KernelState:
         were not carried (NaN) filled from :meth:`naive_dist`; all of it naive without one."""
         if self.dist is None:
             return self.naive_dist()
+        if not math.isnan(float(self.dist.sum())):  # (one reduction: dist >= 0, so NaN only from a NaN entry)
+            return self.dist
         unknown = self.dist.isnan()
         if bool(unknown.any()):
             self.dist = torch.where(unknown, self.naive_dist(), self.dist)

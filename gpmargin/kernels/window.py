@@ -140,12 +140,23 @@ class Window:
     # -- the filter average (matched offsets) ------------------------------------------------
     def pool_field(self, a: torch.Tensor, divisor: int | None = None) -> torch.Tensor:
         """Window average over the last two (spatial) dims of ``a``: one position per output
-        (``divisor=1``: the window sum)."""
-        h, w = a.shape[-2:]
-        lead = a.shape[:-2]
-        a = self.pad(a.reshape(-1, 1, h, w))
-        out = F.avg_pool2d(a, self.window, self.steps, divisor_override=divisor)
-        return out.reshape(*lead, *out.shape[-2:])
+        (``divisor=1``: the window sum), :math:`\frac{1}{k_h k_w} \sum_{a,b} x_{s p + (a, b)}`.
+
+        Separable: ``k_w`` strided column sums, then ``k_h`` row sums of those, each a whole-tensor
+        add (``F.avg_pool2d`` in float64 is several times slower on these small maps)."""
+        (oh, ow), _, _ = self._pads(*a.shape[-2:])
+        a = self.pad(a)
+        (kh, kw), (sh, sw) = self.window, self.steps
+        cols = None
+        for b in range(kw):
+            term = a[..., :, b : b + sw * (ow - 1) + 1 : sw]
+            cols = term.clone() if cols is None else cols.add_(term)
+        out = None
+        for r in range(kh):
+            term = cols[..., r : r + sh * (oh - 1) + 1 : sh, :]
+            out = term.clone() if out is None else out.add_(term)
+        div = kh * kw if divisor is None else divisor
+        return out if div == 1 else out.div_(div)
 
     def average(self, k: torch.Tensor, layout: str) -> torch.Tensor:
         """Filter average of a kernel tensor whose trailing dims are its spatial layout."""
