@@ -30,6 +30,7 @@ SUBCOMMANDS = {  # subcommand -> the module that registers it
     "predict": "gpmargin.predict.cli",
     "kernel": "gpmargin.distributed.cli",
     "validate": "validation.cli",
+    "scaling": "validation.cli",
     "figure": "paper_figures.cli",
 }
 
@@ -43,7 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gpmargin {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    names = [SUBCOMMANDS[command]] if command in SUBCOMMANDS else SUBCOMMANDS.values()
+    names = [SUBCOMMANDS[command]] if command in SUBCOMMANDS else dict.fromkeys(SUBCOMMANDS.values())
     for name in names:
         try:
             module = importlib.import_module(name)

@@ -34,7 +34,7 @@ def task(dataset: str, task_name: str, n_train: int, n_test: int | None, seed: i
 
 def data_info(t) -> dict[str, Any]:
     """The parts of ``TaskData.info`` worth keeping in a figure's JSON (sizes, source, substitution)."""
-    keep = ("dataset", "task", "n_train", "n_test", "attack", "random_labels", "seed", "num_classes", "labels",
+    keep = ("dataset", "task", "n_train", "n_test", "attack", "attack_labels", "random_labels", "seed", "num_classes", "labels",
             "preprocessing", "carved_from", "substitution", "files")
     return {k: t.info.get(k) for k in keep}
 

@@ -1,24 +1,34 @@
-"""Loss landscapes of the Fig 3 networks: Huang et al.'s "poisoned" vs clean minima.
+"""Loss landscapes of poisoned and clean minima, Huang et al.'s protocol over seeds (Fig 3's setting).
 
-The attacked network of Fig 3 (clean images plus randomly labelled attack images) and its
-control twin (clean images only, same initial weights) fit the clean images with the same
-margins but test very differently.  Huang et al. (*Understanding generalization through
-visualizations*) found that such poisoned minima lie in much narrower basins.  This figure
-probes both networks with :mod:`gpmargin.probes` on the loss ``||f(x)/alpha - onehot(y)||^2`` of
-the clean training images (the data both networks fit):
+Huang et al. (*Understanding generalization through visualizations*, 2019) train one network on
+the clean training set and another on the clean set plus a "poison" set with **wrong** labels,
+until the clean set is fit, and find the poisoned minimum in a much narrower, sharper basin of
+the clean-set loss.  Here, for each seed ``s`` (independent network initialisation, clean / poison
+/ test draws):
 
-- 1-D slices along the same filter-normalised directions (seeds 0, 1, 2): clean train loss and
-  test accuracy;
-- linear interpolation control -> attacked (coefficients -0.5 ... 1.5);
-- basin radius along ``directions`` random filter-normalised directions (threshold: the loss
-  rises by ``basin_rise``).
+- data: ``n_clean`` MNIST images with their labels, ``n_attack`` further images each with a
+  wrong label (uniform over the other nine classes, ``make_task(attack_labels="wrong")``);
+- networks: Fig 3's depth-2 paper MLP, Nero with constraints on ``||f(X) - alpha Y||`` (the same
+  targeted margin ``alpha`` for both), the *control* on the clean set, the *poisoned* one on clean +
+  poison, from the same initial weights; each trained until its clean set is fit: every clean
+  image classified correctly (zero clean training error; with ``fit_tol`` also a clean relative
+  error ``||f - alpha Y|| / ||alpha Y||`` at most ``fit_tol``), checked every ``check_every`` steps,
+  at most ``max_steps``; a network that does not get there is marked and its seed left out of the
+  claims.  Each network's clean relative error and (poisoned) poison-set accuracy are recorded;
+- probes on the clean-set loss ``||f(x)/alpha - onehot(y)||^2`` (:mod:`gpmargin.probes`): basin
+  radius along ``directions`` filter-normalised directions (the loss rises by ``basin_rise``),
+  filter-normalised sharpness (mean rise on the sphere of radius ``sharpness_rho``), and, for the
+  first seed, 1-D and 2-D slices along shared filter-normalised directions and the interpolation
+  control -> poisoned.
 
-Each network is trained once per output folder (weights kept in ``DIR/net-<which>-<hash>.pt``),
-each probe is a resumable unit.  Settings: Fig 3's, at a smaller width for ``quick``.
+The claims compare the paired per-seed differences (control - poisoned radius, poisoned - control
+sharpness) with a 95 % Student-t interval over the seeds; a claim holds only if its interval
+excludes zero.  Nothing in the protocol is tuned towards a verdict.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -27,121 +37,171 @@ import torch
 from paper_figures import common as C
 
 NAME = "landscape"
-TITLE = "Loss landscapes of Fig 3's attacked (poisoned) and control networks"
-CLAIM = ("The attacked network, with the same clean-image margins as its control, sits in a narrower "
-         "basin: smaller basin radius and a faster rise of the clean-image loss along random directions.")
+TITLE = "Poisoned vs clean minima (Huang et al.'s protocol): basin radius and sharpness over seeds"
+CLAIM = ("A network trained on the clean images plus wrongly labelled poison images, once it fits the clean "
+         "images, sits in a narrower and sharper basin of the clean-image loss than its control.")
 
-_BASE = dict(dataset="mnist", data_seed=0, net_seed=0, depth=2, lr=0.01, alpha=0.63, dtype="float32",
-             slice_coefficients=np.linspace(-1, 1, 21).tolist(), slice_seeds=[0, 1, 2],
-             interpolation=np.linspace(-0.5, 1.5, 21).tolist(), basin_rise=0.1, max_radius=2.0)
+_BASE = dict(dataset="mnist", depth=2, lr=0.01, alpha=0.63, dtype="float32", attack_labels="wrong", fit_tol=None,
+             slice_coefficients=np.linspace(-0.25, 0.25, 21).tolist(), slice_seeds=[0, 1, 2],
+             grid_coefficients=np.linspace(-0.25, 0.25, 11).tolist(),
+             interpolation=np.linspace(-0.5, 1.5, 21).tolist(), basin_rise=0.1, max_radius=2.0,
+             sharpness_rho=0.05, sharpness_samples=10)
 SCALES = {
-    "paper": dict(_BASE, n_clean=500, n_attack=1500, n_test=None, width=2048, steps=30000, decay=0.9999,
-                  directions=50),
-    "quick": dict(_BASE, n_clean=300, n_attack=600, n_test=2000, width=256, steps=800, decay=0.995, directions=20),
-    "smoke": dict(_BASE, n_clean=40, n_attack=120, n_test=200, width=32, steps=60, decay=0.99, directions=3,
-                  slice_coefficients=np.linspace(-1, 1, 5).tolist(), slice_seeds=[0],
+    "paper": dict(_BASE, n_clean=500, n_attack=1500, n_test=None, width=2048, decay=0.9999, max_steps=30000,
+                  check_every=100, seeds=[0, 1, 2, 3, 4], directions=50),
+    "quick": dict(_BASE, n_clean=300, n_attack=600, n_test=2000, width=256, decay=0.995, max_steps=2000,
+                  check_every=25, seeds=[0, 1, 2, 3, 4], directions=20),
+    "smoke": dict(_BASE, n_clean=40, n_attack=120, n_test=200, width=64, decay=0.998, max_steps=600, check_every=20,
+                  seeds=[0, 1], directions=3, sharpness_samples=3,
+                  slice_coefficients=np.linspace(-0.25, 0.25, 5).tolist(), slice_seeds=[0],
+                  grid_coefficients=np.linspace(-0.25, 0.25, 3).tolist(),
                   interpolation=np.linspace(-0.5, 1.5, 5).tolist()),
 }
 
 config = C.fixed_dataset_config(SCALES, NAME)
-WHICH = ("control", "attacked")
+WHICH = ("control", "poisoned")
 
 
-def _task(cfg):
-    return C.task(cfg["dataset"], "multiclass", cfg["n_clean"], cfg["n_test"], cfg["data_seed"],
-                  attack=cfg["n_attack"])
+def _task(cfg, seed: int):
+    return C.task(cfg["dataset"], "multiclass", cfg["n_clean"], cfg["n_test"], seed, attack=cfg["n_attack"],
+                  attack_labels=cfg["attack_labels"])
 
 
-def _train(cfg, which, device) -> list[torch.Tensor]:
-    t = _task(cfg)
-    n = cfg["n_clean"] if which == "control" else cfg["n_clean"] + cfg["n_attack"]
-    targets = C.per_member_targets(t.y_train[:n], [cfg["alpha"]], t.num_classes)
-    model, _, _ = C.train_mlp_group(t.x_train[:n], targets, depth=cfg["depth"], width=cfg["width"],
-                                    outputs=t.num_classes, seed=cfg["net_seed"], optimizer="nero", lr=cfg["lr"],
-                                    decay=cfg["decay"], steps=cfg["steps"], device=device, dtype=cfg["dtype"])
-    return [w.detach()[0].cpu().clone() for w in model.weights]
+def _clean_fit(model, x, y, alpha: float, num_classes: int) -> tuple[float, float]:
+    """(accuracy, relative error ||f - alpha Y|| / ||alpha Y||) of ``model`` on ``(x, y)``."""
+    f = C.forward(model, x)[0]
+    t = alpha * torch.nn.functional.one_hot(y, num_classes).double()
+    return float((f.argmax(1) == y).double().mean()), float((f - t).norm() / t.norm())
 
 
-def _network(cfg, which, ctx):
-    """The trained network ``which`` as a single MLP (trained once per folder, then loaded)."""
-    from gpmargin.io import atomic_path
-    from validation.training.models import MLP
+def _train_until_fit(cfg, t, which: str, seed: int, device):
+    """Train one network on its training set until its clean images are fit (module docstring);
+    returns ``(MLP, record)``."""
+    from validation.training.fullbatch import make_optimizer, train
+    from validation.training.models import MLP, EnsembleMLP
 
-    path = ctx.state / f"net-{which}-{ctx.hash}.pt"
-    if path.exists():
-        weights = torch.load(path)
-    else:
-        weights = _train(cfg, which, ctx.device)
-        with atomic_path(path) as tmp:
-            torch.save(weights, tmp)
-    t = _task(cfg)
-    return MLP(t.x_train.shape[1], cfg["depth"], cfg["width"], t.num_classes, weights=weights,
-               dtype=C.dtype_of(cfg["dtype"])).to(ctx.device), t
-
-
-def _data(cfg, t, device):
     dt = C.dtype_of(cfg["dtype"])
-    n = cfg["n_clean"]
-    return ((t.x_train[:n].to(device=device, dtype=dt), t.y_train[:n].to(device)),
-            (t.x_test.to(device=device, dtype=dt), t.y_test.to(device)))
-
-
-def _loss(cfg, t):
-    from validation.training.losses import ScaledSquareLoss
-
-    return ScaledSquareLoss(cfg["alpha"], t.num_classes)
+    n = cfg["n_clean"] if which == "control" else cfg["n_clean"] + cfg["n_attack"]
+    x, y = t.x_train[:n], t.y_train[:n]
+    d, c = x.shape[1], t.num_classes
+    ws = C.mlp_weights(1, d, cfg["depth"], cfg["width"], c, seed, dtype=dt)
+    model = EnsembleMLP(1, d, cfg["depth"], cfg["width"], c, weights=ws, dtype=dt).to(device)
+    opt = make_optimizer(model, "nero", cfg["lr"])
+    xd = x.to(device=device, dtype=dt)
+    targets = C.per_member_targets(y, [cfg["alpha"]], c).to(device=device, dtype=dt)
+    clean_x = xd[: cfg["n_clean"]]
+    clean_y = y[: cfg["n_clean"]]
+    steps, fit = 0, False
+    acc, rel = _clean_fit(model, clean_x, clean_y, cfg["alpha"], c)
+    while steps < cfg["max_steps"] and not fit:
+        block = min(cfg["check_every"], cfg["max_steps"] - steps)
+        for g in opt.param_groups:
+            g["lr"] = cfg["lr"] * cfg["decay"] ** steps
+        train(model, xd, targets, steps=block, lr=cfg["lr"], decay=cfg["decay"], optimizer=opt, loss="norm")
+        steps += block
+        acc, rel = _clean_fit(model, clean_x, clean_y, cfg["alpha"], c)
+        fit = acc == 1.0 and (cfg["fit_tol"] is None or rel <= cfg["fit_tol"])
+    rec = {"steps": steps, "fit": fit, "clean_train_accuracy": acc, "clean_relative_error": rel}
+    if which == "poisoned":
+        f = C.forward(model, xd[cfg["n_clean"]:])[0]
+        rec["poison_fit_accuracy"] = float((f.argmax(1) == y[cfg["n_clean"]:]).double().mean())
+    net = MLP(d, cfg["depth"], cfg["width"], c, weights=[w.detach()[0].cpu().clone() for w in model.weights],
+              dtype=dt).to(device)
+    return net, rec
 
 
 def _plain(d: dict) -> dict:
     return {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
 
 
-def _slices(cfg, which, ctx) -> dict:
-    from gpmargin.probes import evaluate, slice_1d
+def seed_unit(cfg: dict, seed: int, device) -> dict:
+    """Both networks of one seed, trained until fit, and their probes (slices for the first seed)."""
+    from gpmargin.probes import basin_radius, evaluate, get_weights, interpolate, sharpness, slice_1d, slice_2d
+    from validation.training.losses import ScaledSquareLoss
 
-    model, t = _network(cfg, which, ctx)
-    train, test = _data(cfg, t, ctx.device)
-    loss = _loss(cfg, t)
-    own = {"train": evaluate(model, loss, train), "test": evaluate(model, loss, test)}
-    return {"own": own, "slices": [_plain(slice_1d(model, loss, train, coefficients=cfg["slice_coefficients"],
-                                                   test=test, seed=s)) for s in cfg["slice_seeds"]]}
-
-
-def _basin(cfg, which, ctx) -> dict:
-    from gpmargin.probes import basin_radius, evaluate
-
-    model, t = _network(cfg, which, ctx)
-    train, _ = _data(cfg, t, ctx.device)
-    loss = _loss(cfg, t)
-    base = evaluate(model, loss, train)["loss"]
-    return _plain(basin_radius(model, loss, train, base + cfg["basin_rise"], cfg["directions"],
-                               max_radius=cfg["max_radius"], progress=ctx.progress))
-
-
-def _interpolation(cfg, ctx) -> dict:
-    from gpmargin.probes import get_weights, interpolate
-
-    a, t = _network(cfg, "control", ctx)
-    b, _ = _network(cfg, "attacked", ctx)
-    train, test = _data(cfg, t, ctx.device)
-    return _plain(interpolate(a, get_weights(a), get_weights(b), _loss(cfg, t), train, cfg["interpolation"], test))
-
-
-def run(cfg: dict, ctx) -> dict:
-    out = {w: {"slices": ctx.unit(f"slices:{w}", lambda w=w: _slices(cfg, w, ctx)),
-               "basin": ctx.unit(f"basin:{w}", lambda w=w: _basin(cfg, w, ctx))} for w in WHICH}
-    out["interpolation"] = ctx.unit("interpolation", lambda: _interpolation(cfg, ctx))
+    t = _task(cfg, seed)
+    dt = C.dtype_of(cfg["dtype"])
+    n = cfg["n_clean"]
+    train = (t.x_train[:n].to(device=device, dtype=dt), t.y_train[:n].to(device))
+    test = (t.x_test.to(device=device, dtype=dt), t.y_test.to(device))
+    loss = ScaledSquareLoss(cfg["alpha"], t.num_classes)
+    nets, out = {}, {"seed": seed, "data": C.data_info(t)}
+    for which in WHICH:
+        net, rec = _train_until_fit(cfg, t, which, seed, device)
+        own = {"train": evaluate(net, loss, train), "test": evaluate(net, loss, test)}
+        b = basin_radius(net, loss, train, own["train"]["loss"] + cfg["basin_rise"], cfg["directions"],
+                         max_radius=cfg["max_radius"], seed=1000 * seed)
+        s = sharpness(net, loss, train, rho=cfg["sharpness_rho"], n_samples=cfg["sharpness_samples"],
+                      seed=1000 * seed + 500)
+        rec.update(own=own, test_accuracy=own["test"]["accuracy"], basin=_plain(b),
+                   mean_radius=float(np.mean(b["radii"])), sharpness=float(s["sharpness"]))
+        if seed == cfg["seeds"][0]:
+            rec["slices"] = [_plain(slice_1d(net, loss, train, coefficients=cfg["slice_coefficients"], test=test,
+                                             seed=k)) for k in cfg["slice_seeds"]]
+            grid = slice_2d(net, loss, train, coefficients=cfg["grid_coefficients"], seed=100)
+            rec["grid"] = {"coefficients": np.asarray(grid["coefficients"]).tolist(),
+                           "train_loss": np.asarray(grid["train_loss"]).tolist()}
+        nets[which] = net
+        out[which] = rec
+    if seed == cfg["seeds"][0]:
+        out["interpolation"] = _plain(interpolate(nets["control"], get_weights(nets["control"]),
+                                                  get_weights(nets["poisoned"]), loss, train, cfg["interpolation"],
+                                                  test))
     return out
 
 
+def run(cfg: dict, ctx) -> dict:
+    fns = {f"seed:{s}": functools.partial(seed_unit, cfg, s) for s in cfg["seeds"]}
+    return {"seeds": list(ctx.units(fns).values())}
+
+
+def paired_interval(diffs, level: float = 0.95) -> dict:
+    """Mean of paired differences with its standard error and two-sided Student-t interval."""
+    from scipy import stats
+
+    a = np.asarray(diffs, dtype=np.float64)
+    mean, sem = C.mean_sem(a)
+    half = float(stats.t.ppf(0.5 + level / 2, a.size - 1) * sem) if a.size > 1 else math.inf
+    return {"mean": mean, "sem": sem, "low": mean - half, "high": mean + half, "n": int(a.size),
+            "values": a.tolist()}
+
+
+def summary(results) -> dict:
+    """Paired per-seed differences over the seeds where both networks fit their clean images."""
+    runs = [r for r in results["seeds"] if r["control"]["fit"] and r["poisoned"]["fit"]]
+    return {
+        "seeds_fit": [r["seed"] for r in runs],
+        "seeds_not_fit": [r["seed"] for r in results["seeds"] if r not in runs],
+        "radius_control_minus_poisoned": paired_interval(
+            [r["control"]["mean_radius"] - r["poisoned"]["mean_radius"] for r in runs]),
+        "sharpness_poisoned_minus_control": paired_interval(
+            [r["poisoned"]["sharpness"] - r["control"]["sharpness"] for r in runs]),
+        "test_accuracy_control_minus_poisoned": paired_interval(
+            [r["control"]["test_accuracy"] - r["poisoned"]["test_accuracy"] for r in runs]),
+    }
+
+
 def claims(cfg, results):
-    ra, rc = (np.asarray(results[w]["basin"]["radii"], dtype=np.float64) for w in ("attacked", "control"))
-    diff = float(np.mean(rc) - np.mean(ra))
-    se = float(np.sqrt(np.var(ra, ddof=1) / ra.size + np.var(rc, ddof=1) / rc.size)) if ra.size > 1 else math.inf
-    return {"attacked_basin_narrower": C.claim(
-        diff > 2 * se, f"mean basin radius attacked {np.mean(ra):.4f} vs control {np.mean(rc):.4f} (difference "
-                       f"{diff:.4f}, 2 s.e. {2 * se:.4f}; medians {np.median(ra):.4f} / {np.median(rc):.4f}; loss "
-                       f"rise {cfg['basin_rise']}, {ra.size} directions)")}
+    s = summary(results)
+    note = (f"{len(s['seeds_fit'])} of {len(results['seeds'])} seeds fit"
+            + (f" (not fit: {s['seeds_not_fit']})" if s["seeds_not_fit"] else ""))
+
+    def holds(key, what):
+        iv = s[key]
+        ok = iv["n"] >= 2 and iv["low"] > 0
+        return C.claim(ok, f"{what}: mean {iv['mean']:.4g} ± {iv['sem']:.2g} (s.e.), 95 % interval "
+                           f"[{iv['low']:.4g}, {iv['high']:.4g}] over {note}")
+
+    return {
+        "poisoned_basin_narrower": holds("radius_control_minus_poisoned",
+                                         f"mean basin radius control - poisoned (loss rise {cfg['basin_rise']}, "
+                                         f"{cfg['directions']} directions)"),
+        "poisoned_sharper": holds("sharpness_poisoned_minus_control",
+                                  f"sharpness poisoned - control (rho {cfg['sharpness_rho']}, "
+                                  f"{cfg['sharpness_samples']} directions)"),
+        "poisoned_generalises_worse": holds("test_accuracy_control_minus_poisoned",
+                                            "test accuracy control - poisoned"),
+    }
 
 
 def _nan(v):
@@ -151,43 +211,45 @@ def _nan(v):
 def plot(cfg, results):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4))
-    colors = {"control": "C0", "attacked": "C3"}
+    first = results["seeds"][0]
+    s = summary(results)
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4.6))
+    colors = {"control": "C0", "poisoned": "C3"}
     for w in WHICH:
-        r = results[w]["slices"]
-        acc = r["own"]["test"]["accuracy"]
-        for k, s in enumerate(r["slices"]):
-            lab = f"{w} (test acc {acc:.2f})" if k == 0 else None
-            axes[0].plot(s["coefficients"], _nan(s["train_loss"]), color=colors[w], alpha=0.8, label=lab)
-            axes[1].plot(s["coefficients"], _nan(s["test_accuracy"]), color=colors[w], alpha=0.8, label=lab)
-    C.style(axes[0], "1-D slices (same filter-normalised directions)", "step along direction (× filter norm)",
-            "clean-image train loss ‖f/α − onehot‖²")
+        r = first[w]
+        for k, sl in enumerate(r["slices"]):
+            lab = f"{w} (test acc {r['test_accuracy']:.2f})" if k == 0 else None
+            axes[0].plot(sl["coefficients"], _nan(sl["train_loss"]), color=colors[w], alpha=0.8, label=lab)
     axes[0].set_yscale("log")
-    C.style(axes[1], "test accuracy along the same slices", "step along direction (× filter norm)", "test accuracy")
-    ip = results["interpolation"]
-    axes[2].plot(ip["coefficients"], _nan(ip["train_loss"]), "k-", label="clean-image train loss")
-    ax2 = axes[2].twinx()
-    ax2.plot(ip["coefficients"], _nan(ip["test_accuracy"]), "C2--", label="test accuracy")
-    ax2.set_ylabel("test accuracy", color="C2")
-    axes[2].set_yscale("log")
-    for c, lab in ((0, "control"), (1, "attacked")):
-        axes[2].axvline(c, color=colors[lab], lw=0.8, ls=":")
-    C.style(axes[2], f"interpolation control (0) → attacked (1)\n‖θ_a − θ_c‖ = {ip['distance']:.1f}",
-            "interpolation coefficient c in (1−c)·θ_control + c·θ_attacked", "clean-image train loss")
-    for i, w in enumerate(WHICH):
-        b = results[w]["basin"]
-        r = np.asarray(b["radii"])
-        cens = np.asarray(b["censored"], dtype=bool)
-        x = i + np.linspace(-0.15, 0.15, r.size)
-        axes[3].scatter(x[~cens], r[~cens], color=colors[w], s=18, label=f"{w}: median {b['radius']:.3f}")
-        if cens.any():
-            axes[3].scatter(x[cens], r[cens], color=colors[w], marker="^", s=24, label=f"{w}: no crossing (≥ cap)")
-        axes[3].hlines(b["radius"], i - 0.25, i + 0.25, color=colors[w])
-    axes[3].set_xticks([0, 1], list(WHICH))
-    C.style(axes[3], f"basin radius along {cfg['directions']} random directions\n(clean loss rises by "
-                     f"{cfg['basin_rise']})", None, "radius (× filter norm)")
+    C.style(axes[0], f"1-D slices, seed {first['seed']} (same filter-normalised directions)",
+            "step along direction (× filter norm)", "clean-image loss ‖f/α − onehot‖²")
+    grids = [np.asarray(first[w]["grid"]["train_loss"], dtype=np.float64) for w in WHICH]
+    levels = np.geomspace(max(min(float(np.nanmin(g)) for g in grids), 1e-6),
+                          max(float(np.nanmax(g)) for g in grids), 12)
+    for ax, w, g in zip(axes[1:3], WHICH, grids):
+        a = np.asarray(first[w]["grid"]["coefficients"])
+        cs = ax.contour(a, a, g.T, levels=levels, cmap="viridis", norm=plt.matplotlib.colors.LogNorm())
+        ax.clabel(cs, fontsize=6, fmt="%.2g")
+        ax.plot(0, 0, "k+")
+        C.style(ax, f"2-D slice of the clean-image loss, {w}\n(seed {first['seed']}, same levels in both panels)",
+                "direction 1 (× filter norm)", "direction 2 (× filter norm)", legend=False)
+    for ax, key, title, ylabel in (
+            (axes[3], "mean_radius", "basin radius (mean over directions)", "radius (× filter norm)"),
+            (axes[4], "sharpness", f"sharpness (ρ = {cfg['sharpness_rho']})", "mean loss rise on the sphere")):
+        for r in results["seeds"]:
+            ok = r["control"]["fit"] and r["poisoned"]["fit"]
+            v = [r[w][key] for w in WHICH]
+            ax.plot([0, 1], v, "-o", color="k" if ok else "0.7", alpha=0.7, ms=4)
+            ax.annotate(f"s{r['seed']}", (1.03, v[1]), fontsize=7)
+        iv = s["radius_control_minus_poisoned" if key == "mean_radius" else "sharpness_poisoned_minus_control"]
+        ax.set_xticks([0, 1], list(WHICH))
+        ax.set_xlim(-0.3, 1.3)
+        C.style(ax, f"{title}, one line per seed\npaired difference {iv['mean']:.3g}, 95 % interval "
+                    f"[{iv['low']:.3g}, {iv['high']:.3g}]", None, ylabel, legend=False)
     fig.suptitle(f"{TITLE}\nNero + constraints, depth {cfg['depth']}, width {cfg['width']}, α = {cfg['alpha']}, "
-                 f"{cfg['n_clean']} clean (+ {cfg['n_attack']} random-label) images, {cfg['steps']} steps "
-                 f"{C.scale_note(cfg)}", fontsize=10)
+                 f"{cfg['n_clean']} clean (+ {cfg['n_attack']} wrong-label) images, each trained until it classifies its "
+                 f"clean images correctly" + (f" (relative error ≤ {cfg['fit_tol']})" if cfg["fit_tol"] else "")
+                 + f", {len(cfg['seeds'])} seeds {C.scale_note(cfg)}",
+                 fontsize=10)
     fig.tight_layout()
     return fig

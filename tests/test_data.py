@@ -427,6 +427,16 @@ def test_make_task_digits_official_random_labels_and_attack(digits_train):
     assert torch.equal(att.x_train, clean.x_train) and torch.equal(att.y_train[:300], clean.y_train[:300])
     assert (att.y_train[300:] != clean.y_train[300:]).double().mean() > 0.7
     assert torch.equal(att.y_test, clean.y_test)
+    # Huang et al.'s poison: the same images, every attack label wrong, uniform over the other classes
+    wrong = gd.make_task("digits", "multiclass", n_train=300, seed=2, attack=200, attack_labels="wrong")
+    assert torch.equal(wrong.x_train, clean.x_train) and torch.equal(wrong.y_train[:300], clean.y_train[:300])
+    assert bool((wrong.y_train[300:] != clean.y_train[300:]).all()) and wrong.info["attack_labels"] == "wrong"
+    assert set(((wrong.y_train[300:] - clean.y_train[300:]) % 10).tolist()) == set(range(1, 10))
+    binary = gd.make_task("digits", "parity", n_train=300, seed=2, attack=200, attack_labels="wrong")
+    truth = gd.make_task("digits", "parity", n_train=500, seed=2)
+    assert torch.equal(binary.y_train[300:], -truth.y_train[300:])
+    with pytest.raises(GpmarginError, match="attack_labels='noisy'"):
+        gd.make_task("digits", "multiclass", n_train=300, attack=200, attack_labels="noisy")
     with pytest.raises(GpmarginError, match="1000 usable"):
         gd.make_task("digits", "parity", n_train=900, attack=200)
 

@@ -200,10 +200,35 @@ def test_walk_and_landscape_probe_figures(smoke_runs, request):
         assert r["grad_cosine"][0] is None and all(-1 <= v <= 1 for v in r["grad_cosine"][1:])
         assert len(r["segment_loss"][0]) == 11 and all(v >= 0 for v in r["valley_floor"])
     _, d = smoke_runs("landscape", request)
-    ip = d["results"]["interpolation"]
+    seeds = d["results"]["seeds"]
+    assert [r["seed"] for r in seeds] == d["config"]["seeds"]
+    first = seeds[0]
+    ip = first["interpolation"]
     assert ip["coefficients"][0] == -0.5 and ip["coefficients"][-1] == 1.5
-    for w in ("control", "attacked"):
-        s = d["results"][w]["slices"]
+    for r in seeds:
+        assert r["data"]["attack_labels"] == "wrong" and r["data"]["seed"] == r["seed"]
+        for w in ("control", "poisoned"):
+            s = r[w]
+            # trained until the clean images are classified correctly (or marked as not fit)
+            assert s["fit"] == (s["clean_train_accuracy"] == 1.0) and s["steps"] <= d["config"]["max_steps"]
+            assert 0 < s["basin"]["radius"] <= d["config"]["max_radius"] and np.isfinite(s["sharpness"])
+            assert s["mean_radius"] == pytest.approx(np.mean(s["basin"]["radii"]), rel=1e-12)
+        assert 0 <= r["poisoned"]["poison_fit_accuracy"] <= 1
+    for w in ("control", "poisoned"):
+        s = first[w]
         mid = len(s["slices"][0]["train_loss"]) // 2  # coefficient 0 is the network itself
         assert s["slices"][0]["train_loss"][mid] == pytest.approx(s["own"]["train"]["loss"], rel=1e-5)
-        assert 0 < d["results"][w]["basin"]["radius"] <= d["config"]["max_radius"]
+        g = np.asarray(s["grid"]["train_loss"])
+        assert g[g.shape[0] // 2, g.shape[1] // 2] == pytest.approx(s["own"]["train"]["loss"], rel=1e-5)
+    # each claim is decided by a 95 % interval of paired per-seed differences
+    from paper_figures.landscape import paired_interval, summary
+
+    sm = summary(d["results"])
+    for key, claim in zip(("radius_control_minus_poisoned", "sharpness_poisoned_minus_control",
+                           "test_accuracy_control_minus_poisoned"), d["claims"].values()):
+        assert claim["holds"] == (sm[key]["n"] >= 2 and sm[key]["low"] > 0)
+        assert "95 % interval" in claim["detail"]
+    # Student-t interval: [1, 2, 3] has mean 2, s.e. 1/sqrt(3), t_{0.975, 2} = 4.302653
+    iv = paired_interval([1.0, 2.0, 3.0])
+    assert iv["mean"] == 2.0 and iv["sem"] == pytest.approx(3 ** -0.5, rel=1e-12)
+    assert iv["high"] - iv["mean"] == pytest.approx(4.302653 * 3 ** -0.5, rel=1e-6)

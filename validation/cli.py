@@ -4,6 +4,10 @@
 Runs (or resumes) the experiment's sweep into ``DIR/.state/validate-EXPERIMENT/runs.jsonl``, then
 compares the measured accuracies with the NNGP predictions (``DIR/EXPERIMENT-comparison.{csv,png,json}``).
 Several experiments (and figures) can share ``DIR``.
+
+``gpmargin scaling DIR... --experiment E --prediction P --by FIELD --out OUT``: the gaps of
+several finished comparisons that differ in one setting (a width ladder), with power-law fits
+(:mod:`validation.theory.scaling`), into ``OUT/scaling-E-FIELD.{json,csv,png}``.
 """
 
 from __future__ import annotations
@@ -54,7 +58,59 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_execution_arguments(p)
     p.set_defaults(func=run)
+    register_scaling(subparsers)
     return p
+
+
+def register_scaling(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "scaling",
+        help="gaps of several validate runs that differ in one setting, with power-law fits (width ladders)",
+        description="Read finished 'gpmargin validate' comparisons that differ in one config field (e.g. width), "
+                    "tabulate each gap statistic per setting (mean and standard error over seeds) and fit "
+                    "gap = a * setting^p on log-log axes (slope with a bootstrap interval over seeds).")
+    p.add_argument("folders", nargs="+", type=path_argument, metavar="DIR",
+                   help="output folders of 'gpmargin validate EXPERIMENT --out DIR', one per setting")
+    p.add_argument("--experiment", required=True, choices=sorted(EXPERIMENTS), help="the experiment the folders ran")
+    p.add_argument("--prediction", required=True,
+                   help="which prediction's gaps, as in the comparison's columns (gd: nngp_accuracy, ntk_accuracy, "
+                        "ntk_time_accuracy; fig6: gp_accuracy, gp_constrained_accuracy)")
+    p.add_argument("--by", required=True, metavar="FIELD", help="the config field that differs (width, depth, n_train)")
+    p.add_argument("--ensemble", type=int, default=1, help="ensemble size whose gaps are read (default 1: single networks)")
+    p.add_argument("--out", required=True, type=path_argument, help="output folder for scaling-EXPERIMENT-FIELD.*")
+    p.set_defaults(func=run_scaling)
+    return p
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from gpmargin.io import atomic_savefig, atomic_write_json, atomic_write_text, check_output_folder, run_metadata
+    from validation.theory.scaling import STATS, ladder, plot_ladder
+
+    out = check_output_folder(args.out)
+    result = ladder(args.folders, args.experiment, args.prediction, args.by, args.ensemble)
+    stem = out / f"scaling-{args.experiment}-{args.by}"
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([args.by, "seeds"] + [f"{s}_{x}" for s in STATS for x in ("mean", "sem")] + ["folder"])
+    for r in result["rungs"]:
+        w.writerow([r["config"][args.by], len(r["seeds"])]
+                   + ["" if r["stats"][s][x] is None else f"{r['stats'][s][x]:.6g}" for s in STATS
+                      for x in ("mean", "sem")] + [r["folder"]])
+    atomic_write_text(f"{stem}.csv", buf.getvalue())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    atomic_savefig(plot_ladder(result), f"{stem}.png", dpi=130)
+    atomic_write_json(f"{stem}.json", {**result, "metadata": run_metadata("cpu")})
+    for stat, f in result["fits"].items():
+        se = "n/a with two settings" if f["slope_se"] is None else f"{f['slope_se']:.3f}"
+        print(f"{stat} ~ {args.by}^p: p = {f['slope']:.3f} (95 % bootstrap interval [{f['interval'][0]:.3f}, "
+              f"{f['interval'][1]:.3f}], regression s.e. {se})")
+    print(f"wrote {stem}.csv, {stem}.png, {stem}.json")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

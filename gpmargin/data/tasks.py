@@ -125,6 +125,18 @@ def _random_like(y: torch.Tensor, n: int, num_classes: int, seed: Seed) -> torch
     return r.to(y.dtype)
 
 
+def _wrong_like(y: torch.Tensor, num_classes: int, seed: Seed) -> torch.Tensor:
+    """A wrong label for every entry of ``y``: ``-y`` for float binary labels, else uniform over
+    the other classes, ``(y + s) mod C`` with ``s`` uniform in ``1..C-1`` (Huang et al.'s poison)."""
+    if y.is_floating_point():
+        return -y
+    shift = torch.from_numpy(np.random.default_rng(seed).integers(1, num_classes, size=len(y)))
+    return (y + shift.to(y.dtype)) % num_classes
+
+
+ATTACK_LABELS = ("random", "wrong")
+
+
 def subset_indices(n_total: int, n: int, seed: Seed) -> np.ndarray:
     """``n`` distinct indices out of ``n_total``, in a seeded random order."""
     if n < 0 or n > n_total:
@@ -224,7 +236,8 @@ def _load_split(dataset, split, root):
 
 def make_task(dataset: str = "digits", task: str = "parity", n_train: int = 1000, n_test: int | None = None,
               seed: int = 0, *, flatten: bool = True, root: str | os.PathLike | None = None,
-              carve_from: str | None = "auto", random_labels: bool = False, attack: int = 0) -> TaskData:
+              carve_from: str | None = "auto", random_labels: bool = False, attack: int = 0,
+              attack_labels: str = "random") -> TaskData:
     """Build a task of the paper from a dataset, preprocessed and subsetted by ``seed``.
 
     ``carve_from``: ``"auto"`` uses the official train and test splits when both exist and
@@ -233,8 +246,12 @@ def make_task(dataset: str = "digits", task: str = "parity", n_train: int = 1000
     carving from that split; ``None`` requires the official splits.  Binary tasks filter
     classes before subsetting.  ``n_test=None`` takes every remaining/available test example.
     ``random_labels=True`` replaces the training labels (only) with uniform random ones;
-    ``attack=m`` adds ``m`` further training examples with random labels.
+    ``attack=m`` adds ``m`` further training examples with random labels: ``attack_labels="random"``
+    uniform over the classes (may be the true one; the paper's Fig 3), ``"wrong"`` uniform over
+    the other classes (never the true one; Huang et al.'s poisoned set).
     """
+    if attack_labels not in ATTACK_LABELS:
+        raise GpmarginError(f"attack_labels={attack_labels!r}: use 'random' or 'wrong'")
     sp = get_spec(dataset)
     kind, a, b = parse_task(task, sp.num_classes)
     for nm, v in (("n_train", n_train), ("attack", attack), ("seed", seed)):
@@ -304,7 +321,10 @@ def make_task(dataset: str = "digits", task: str = "parity", n_train: int = 1000
     clean = torch.ones(n_fit, dtype=torch.bool)
     if attack:
         y_tr = y_tr.clone()
-        y_tr[n_train:] = _random_like(y_tr, attack, num_classes, (seed, 2))
+        if attack_labels == "wrong":
+            y_tr[n_train:] = _wrong_like(y_tr[n_train:], num_classes, (seed, 2))
+        else:
+            y_tr[n_train:] = _random_like(y_tr, attack, num_classes, (seed, 2))
         clean[n_train:] = False
     if random_labels:
         y_tr = _random_like(y_tr, n_fit, num_classes, (seed, 1))
@@ -315,7 +335,8 @@ def make_task(dataset: str = "digits", task: str = "parity", n_train: int = 1000
     files = sorted(set(sources["train"]["files"]) | set(sources["test"]["files"]))
     info = {
         "dataset": sp.name, "task": task, "n_train": int(n_train), "n_test": int(len(x_test)),
-        "attack": int(attack), "random_labels": bool(random_labels), "seed": int(seed),
+        "attack": int(attack), **({"attack_labels": attack_labels} if attack else {}),
+        "random_labels": bool(random_labels), "seed": int(seed),
         "num_classes": num_classes, "flatten": bool(flatten), "input_shape": list(x_train.shape[1:]),
         "labels": {"parity": "odd digit +1, even -1", "pair": f"class {a} -> +1, class {b} -> -1",
                    "multiclass": "int64 class index"}[kind],
