@@ -7,6 +7,14 @@ Paper: CIFAR-10 dog vs ship, channels 3-320.  CIFAR-10 is not available offline 
 Fashion-MNIST pullover (2) vs sneaker (7) -- like dog vs ship, two visually distinct categories
 (upper-body clothing vs footwear) -- and say so in the title and the JSON (``substitution``).
 The hidden dense layer has as many units as the convolutions have channels.
+
+Below 64 channels some twins miss the 1e-6 tolerance (quick: 5 of 16 at 16 channels, worst
+relative error 0.87).  The paper's schedule sums to 0.01 of learning rate (1e-3 decayed by 0.9
+per step), and Nero moves each weight row by about its learning rate relative to its norm, so a
+small net whose twin needs a larger move stalls.  ``refit`` tests that: the same sampled nets and
+the same initial twins are refitted with a longer schedule (``quick``: decay 0.99 for 1000 steps,
+0.1 of learning rate in all), and the claim ``unfit_twins_are_a_step_budget`` holds when every
+width that missed the tolerance then gets within ``refit_tol``.
 """
 
 from __future__ import annotations
@@ -24,9 +32,9 @@ SCALES = {
     "paper": dict(_BASE, dataset="cifar10", widths=[3, 10, 32, 100, 320], pairs=1000, batch=50, max_draws=200000,
                   gp_samples=2_000_000),
     "quick": dict(_BASE, dataset="fashion_mnist", widths=[16, 32, 64], pairs=16, batch=16, max_draws=3000,
-                  gp_samples=200_000),
+                  gp_samples=200_000, refit=dict(decay=0.99, max_steps=1000), refit_tol=1e-4),
     "smoke": dict(_BASE, dataset="fashion_mnist", widths=[4], pairs=1, batch=8, max_draws=96, gp_samples=5_000,
-                  max_steps=40),
+                  max_steps=40, refit=dict(decay=0.99, max_steps=80), refit_tol=1e-4),
 }
 DATASETS = ("cifar10", "fashion_mnist", "mnist")
 

@@ -123,6 +123,15 @@ def test_fig9_substitution_is_recorded(smoke_runs, request):
     assert d["config"]["dataset"] == "fashion_mnist"
     assert "CIFAR-10" in d["config"]["substitution"]
     assert d["results"]["panels"][0]["widths"][0]["data"]["dataset"] == "fashion_mnist"
+    # the refit: the same sampled nets (replayed draws: identical), twins trained on the longer schedule
+    panel = d["results"]["panels"][0]
+    for w, r in zip(panel["widths"], panel["refit"]):
+        assert r["sampled_test_accuracy"] == w["sampled_test_accuracy"] and r["width"] == w["width"]
+        assert max(r["steps_per_batch"]) <= d["config"]["refit"]["max_steps"]
+        assert max(r["relative_error"]) < max(w["relative_error"])  # twice the steps, 5x the learning rate
+    claim = d["claims"]["unfit_twins_are_a_step_budget"]
+    worst = max(r["max_relative_error"] for r in panel["refit"])
+    assert claim["holds"] == (worst <= d["config"]["refit_tol"]) and "Σ lr" in claim["detail"]
 
 
 def test_rerun_of_finished_folder_trains_nothing(smoke_runs, request, monkeypatch):
