@@ -465,3 +465,18 @@ def test_cli_data_info_missing(isolated, capsys):
     assert out.count("not found") >= 4  # mnist, cifar10 x train/test
     assert f"{empty / 'mnist'}: no such folder" in out and f"{isolated / 'cache' / 'cifar10'}: no such folder" in out
     assert not (isolated / "cache").exists()  # nothing downloaded or created
+
+
+def test_preprocessing_leaves_the_callers_arrays_alone(mnist_test):
+    """normalize and rescale_to_sqrt_d work in place on their own copy only."""
+    from gpmargin.data.tasks import normalize, rescale_to_sqrt_d
+
+    x = mnist_test[0][:50].double()
+    before = x.clone()
+    z = normalize(x, "mnist")
+    assert torch.equal(x, before) and torch.equal(z, (before - 0.1307) / 0.3081)
+    flat = z.reshape(len(z), -1)
+    kept = flat.clone()
+    r = rescale_to_sqrt_d(flat)
+    assert torch.equal(flat, kept)
+    assert torch.allclose(r.norm(dim=1), torch.full((50,), 28.0, dtype=torch.float64), rtol=1e-14, atol=0)

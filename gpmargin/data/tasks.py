@@ -42,17 +42,17 @@ def normalize(x, dataset: str) -> torch.Tensor:
     ``x`` holds pixels in [0, 1], shaped (N, C, H, W) or flattened (N, C*H*W).
     """
     mean, std = STATS[get_spec(dataset).name]
-    x = _tensor(x).to(torch.float64)
+    x = _tensor(x).to(torch.float64, copy=True)  # (one new array, then in place: the caller's x is kept)
     c = len(mean)
     m = torch.tensor(mean, dtype=torch.float64, device=x.device)
     s = torch.tensor(std, dtype=torch.float64, device=x.device)
     if c == 1:
-        return (x - m) / s
+        return x.sub_(m).div_(s)
     if x.ndim == 4 and x.shape[1] == c:
-        return (x - m.view(1, c, 1, 1)) / s.view(1, c, 1, 1)
+        return x.sub_(m.view(1, c, 1, 1)).div_(s.view(1, c, 1, 1))
     if x.ndim == 2 and x.shape[1] % c == 0:
         v = x.reshape(len(x), c, -1)
-        return ((v - m.view(1, c, 1)) / s.view(1, c, 1)).reshape(x.shape)
+        return v.sub_(m.view(1, c, 1)).div_(s.view(1, c, 1)).reshape(x.shape)
     raise GpmarginError(f"normalize: {dataset} has {c} channels but x has shape {tuple(x.shape)}; "
                         f"pass (N, {c}, H, W) or (N, {c}*H*W)")
 
@@ -63,7 +63,7 @@ def flatten(x) -> torch.Tensor:
     return x.reshape(len(x), -1)
 
 
-def rescale_to_sqrt_d(x) -> torch.Tensor:
+def rescale_to_sqrt_d(x, *, _in_place: bool = False) -> torch.Tensor:
     """Rescale every example (row) to Euclidean norm ``sqrt(d)``, d = features per example; float64.
 
     An all-zero (or non-finite) example cannot be rescaled and raises :class:`GpmarginError`.
@@ -79,8 +79,8 @@ def rescale_to_sqrt_d(x) -> torch.Tensor:
         rows = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
         raise GpmarginError(f"cannot rescale to norm sqrt(d): {len(bad)} example(s) are all zero or "
                             f"non-finite (rows {rows}); remove them first")
-    scale = math.sqrt(d) / norms
-    return x * scale.view(-1, *([1] * (x.ndim - 1)))
+    scale = (math.sqrt(d) / norms).view(-1, *([1] * (x.ndim - 1)))
+    return x.mul_(scale) if _in_place else x * scale
 
 
 def preprocess(x, dataset: str, flatten: bool = True) -> torch.Tensor:
@@ -88,7 +88,7 @@ def preprocess(x, dataset: str, flatten: bool = True) -> torch.Tensor:
     z = normalize(x, dataset)
     if flatten:
         z = z.reshape(len(z), -1)
-    return rescale_to_sqrt_d(z)
+    return rescale_to_sqrt_d(z, _in_place=True)  # z is normalize's own new array
 
 
 def parity_labels(y) -> torch.Tensor:
