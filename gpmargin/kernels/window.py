@@ -140,7 +140,7 @@ class Window:
     # -- the filter average (matched offsets) ------------------------------------------------
     def pool_field(self, a: torch.Tensor, divisor: int | None = None) -> torch.Tensor:
         """Window average over the last two (spatial) dims of ``a``: one position per output
-        (``divisor=1``: the window sum), :math:`\frac{1}{k_h k_w} \sum_{a,b} x_{s p + (a, b)}`.
+        (``divisor=1``: the window sum), :math:`\\frac{1}{k_h k_w} \\sum_{a,b} x_{s p + (a, b)}`.
 
         Separable: ``k_w`` strided column sums, then ``k_h`` row sums of those, each a whole-tensor
         add (``F.avg_pool2d`` in float64 is several times slower on these small maps)."""
