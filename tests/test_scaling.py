@@ -61,7 +61,7 @@ def test_scaling_command_on_a_width_ladder(mnist_test, tmp_path):
              "--out", tmp_path / "ladder")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "max_abs_gap ~ width^p" in r.stdout
-    stem = tmp_path / "ladder" / "scaling-gd-width"
+    stem = tmp_path / "ladder" / "scaling-gd-ntk_time_accuracy-width"
     rows = stem.with_suffix(".csv").read_text().splitlines()
     assert rows[0].startswith("width,seeds,max_abs_gap_mean") and [x.split(",")[0] for x in rows[1:]] == ["32", "128"]
     d = json.loads(stem.with_suffix(".json").read_text())

@@ -7,7 +7,7 @@ Several experiments (and figures) can share ``DIR``.
 
 ``gpmargin scaling DIR... --experiment E --prediction P --by FIELD --out OUT``: the gaps of
 several finished comparisons that differ in one setting (a width ladder), with power-law fits
-(:mod:`validation.theory.scaling`), into ``OUT/scaling-E-FIELD.{json,csv,png}``.
+(:mod:`validation.theory.scaling`), into ``OUT/scaling-E-P-FIELD.{json,csv,png}``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def register_scaling(subparsers) -> argparse.ArgumentParser:
                         "ntk_time_accuracy; fig6: gp_accuracy, gp_constrained_accuracy)")
     p.add_argument("--by", required=True, metavar="FIELD", help="the config field that differs (width, depth, n_train)")
     p.add_argument("--ensemble", type=int, default=1, help="ensemble size whose gaps are read (default 1: single networks)")
-    p.add_argument("--out", required=True, type=path_argument, help="output folder for scaling-EXPERIMENT-FIELD.*")
+    p.add_argument("--out", required=True, type=path_argument,
+                   help="output folder for scaling-EXPERIMENT-PREDICTION-FIELD.{csv,png,json}")
     p.set_defaults(func=run_scaling)
     return p
 
@@ -91,7 +92,7 @@ def run_scaling(args: argparse.Namespace) -> int:
 
     out = check_output_folder(args.out)
     result = ladder(args.folders, args.experiment, args.prediction, args.by, args.ensemble)
-    stem = out / f"scaling-{args.experiment}-{args.by}"
+    stem = out / f"scaling-{args.experiment}-{args.prediction}-{args.by}"
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([args.by, "seeds"] + [f"{s}_{x}" for s in STATS for x in ("mean", "sem")] + ["folder"])
