@@ -58,7 +58,7 @@ class Budget:
     def allows(self) -> bool:
         """Whether a unit started now would finish in time (always, without an estimate yet)."""
         est = self.estimate()
-        return time.monotonic() + (est or 0.0) <= self.deadline
+        return est is None or time.monotonic() + est <= self.deadline
 
     def record(self, wall: float) -> None:
         self.walls.append(float(wall))

@@ -135,9 +135,10 @@ def run_sweep(config: Experiment, out: str | os.PathLike, device: str | torch.de
                 finally:
                     bar.close()
                 if left:
+                    each = "" if clock.estimate() is None else f" (about {clock.estimate():.0f} s each)"
                     print(f"budget: stopped after {time.perf_counter() - t_start:.0f} s of {budget:g} s with "
-                          f"{len(units) - left} of {len(units)} unit(s) done; {left} remain (about "
-                          f"{clock.estimate():.0f} s each); rerun the same command to resume")
+                          f"{len(units) - left} of {len(units)} unit(s) done; {left} remain{each}; rerun the same "
+                          "command to resume")
     finally:
         if own:
             runner.close()
