@@ -84,33 +84,17 @@ def register_scaling(subparsers) -> argparse.ArgumentParser:
 
 
 def run_scaling(args: argparse.Namespace) -> int:
-    import csv
-    import io
-
-    from gpmargin.io import atomic_savefig, atomic_write_json, atomic_write_text, check_output_folder, run_metadata
-    from validation.theory.scaling import STATS, ladder, plot_ladder
+    from gpmargin.io import check_output_folder
+    from validation.theory.scaling import ladder, write_ladder
 
     out = check_output_folder(args.out)
     result = ladder(args.folders, args.experiment, args.prediction, args.by, args.ensemble)
-    stem = out / f"scaling-{args.experiment}-{args.prediction}-{args.by}"
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow([args.by, "seeds"] + [f"{s}_{x}" for s in STATS for x in ("mean", "sem")] + ["folder"])
-    for r in result["rungs"]:
-        w.writerow([r["config"][args.by], len(r["seeds"])]
-                   + ["" if r["stats"][s][x] is None else f"{r['stats'][s][x]:.6g}" for s in STATS
-                      for x in ("mean", "sem")] + [r["folder"]])
-    atomic_write_text(f"{stem}.csv", buf.getvalue())
-    import matplotlib
-
-    matplotlib.use("Agg")
-    atomic_savefig(plot_ladder(result), f"{stem}.png", dpi=130)
-    atomic_write_json(f"{stem}.json", {**result, "metadata": run_metadata("cpu")})
+    files = write_ladder(result, out / f"scaling-{args.experiment}-{args.prediction}-{args.by}")
     for stat, f in result["fits"].items():
         se = "n/a with two settings" if f["slope_se"] is None else f"{f['slope_se']:.3f}"
         print(f"{stat} ~ {args.by}^p: p = {f['slope']:.3f} (95 % bootstrap interval [{f['interval'][0]:.3f}, "
               f"{f['interval'][1]:.3f}], regression s.e. {se})")
-    print(f"wrote {stem}.csv, {stem}.png, {stem}.json")
+    print(f"wrote {', '.join(str(f) for f in files)}")
     return 0
 
 

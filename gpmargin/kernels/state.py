@@ -141,11 +141,9 @@ class KernelState:
         were not carried (NaN) filled from :meth:`naive_dist`; all of it naive without one."""
         if self.dist is None:
             return self.naive_dist()
-        if not math.isnan(float(self.dist.sum())):  # (one reduction: dist >= 0, so NaN only from a NaN entry)
+        if not math.isnan(float(self.dist.detach().sum())):  # (one reduction: dist >= 0, NaN only from a NaN entry)
             return self.dist
-        unknown = self.dist.isnan()
-        if bool(unknown.any()):
-            self.dist = torch.where(unknown, self.naive_dist(), self.dist)
+        self.dist = torch.where(self.dist.isnan(), self.naive_dist(), self.dist)
         return self.dist
 
     @property

@@ -174,3 +174,28 @@ def plot_ladder(result: dict[str, Any]):
     fig.suptitle(f"{result['experiment']}: networks vs {result['prediction']} across {result['by']}", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def write_ladder(result: dict[str, Any], stem: str | Path) -> list[Path]:
+    """``stem.csv`` (one row per setting: every statistic's mean and s.e.), ``stem.png``
+    (:func:`plot_ladder`) and ``stem.json`` (the result and run metadata), each written atomically."""
+    import csv
+    import io
+
+    import matplotlib
+
+    from gpmargin.io import atomic_savefig, atomic_write_json, atomic_write_text, run_metadata
+
+    by = result["by"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([by, "seeds"] + [f"{s}_{x}" for s in STATS for x in ("mean", "sem")] + ["folder"])
+    for r in result["rungs"]:
+        w.writerow([r["config"][by], len(r["seeds"])]
+                   + ["" if r["stats"][s][x] is None else f"{r['stats'][s][x]:.6g}" for s in STATS
+                      for x in ("mean", "sem")] + [r["folder"]])
+    csv_path = atomic_write_text(f"{stem}.csv", buf.getvalue())
+    matplotlib.use("Agg")
+    png_path = atomic_savefig(plot_ladder(result), f"{stem}.png", dpi=130)
+    json_path = atomic_write_json(f"{stem}.json", {**result, "metadata": run_metadata("cpu")})
+    return [csv_path, png_path, json_path]
